@@ -1,0 +1,102 @@
+"""The request ``dispatch`` sees, and the ``receive`` the downstream app gets.
+
+Whatever ``dispatch`` did with the body is replayed downstream, as Starlette
+does: the whole body if ``body()`` was awaited, an empty final chunk if
+``stream()`` was drained, otherwise the two share the one stream chunk by chunk.
+Once the body is delivered, the downstream ``receive`` waits for the client's
+disconnect (reported at once after the response went out).
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import aclosing
+from typing import TYPE_CHECKING
+
+import anyio
+from starlette.requests import ClientDisconnect, Request
+from starlette.types import Message, Receive, Scope, Send
+
+from ferroware._handoff import Handoff
+
+if TYPE_CHECKING:
+    from ferroware._core import Channel
+
+_DISCONNECT: Message = {"type": "http.disconnect"}
+
+
+class DispatchRequest(Request):
+    """A Starlette ``Request`` that knows the channel of its ``call_next``."""
+
+    def __init__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        super().__init__(scope, receive, send)
+        self.channel: Channel | None = None
+        self._delivered = False  # the downstream app got its whole body
+        self._told_disconnect = False  # the downstream app was told of a disconnect
+        self._parking: Handoff | None = None
+
+    def handoff(self) -> Handoff:
+        if self._parking is None:
+            self._parking = Handoff()
+        return self._parking
+
+    def response_sent(self) -> None:
+        """The middleware's response went out: the app may only see a disconnect now."""
+        if self.channel is not None:
+            self.channel.mark_response_sent()
+        if self._parking is not None:
+            self._parking.close()
+
+    async def downstream_receive(self) -> Message:
+        channel = self.channel
+        if self._told_disconnect or (channel is not None and channel.response_sent):
+            return {"type": "http.disconnect"}
+        if self._delivered:
+            return await self._wait_for_disconnect()
+        if hasattr(self, "_body"):  # dispatch awaited body(): replay it whole
+            self._delivered = True
+            return {"type": "http.request", "body": self._body, "more_body": False}
+        if self._stream_consumed:  # dispatch drained stream(): nothing is left
+            self._delivered = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        try:  # share the stream, so dispatch sees what the app consumed
+            async with aclosing(self.stream()) as stream:
+                chunk = await stream.__anext__()
+        except ClientDisconnect:
+            self._told_disconnect = True
+            return {"type": "http.disconnect"}
+        self._delivered = self._stream_consumed
+        return {"type": "http.request", "body": chunk, "more_body": not self._stream_consumed}
+
+    async def _wait_for_disconnect(self) -> Message:
+        if self._is_disconnected:
+            self._told_disconnect = True
+            return {"type": "http.disconnect"}
+        channel = self.channel
+        if anyio.current_effective_deadline() == -math.inf:
+            # A poll inside a cancelled scope (`request.is_disconnected()`):
+            # ask the server directly, so a disconnect that is already there is seen.
+            return self._seen(await self.receive())
+        handoff = self.handoff()
+        while True:
+            if channel is not None and channel.response_sent:
+                self._told_disconnect = True
+                return {"type": "http.disconnect"}
+            if handoff.has_parked() and channel is not None and channel.stepping:
+                await handoff.relay(channel)
+                continue
+            message = await handoff.receive_or_wake(self.receive)
+            if message is not None:
+                return self._seen(message)
+
+    def _seen(self, message: Message) -> Message:
+        if message["type"] == "http.disconnect":
+            self._is_disconnected = True
+            self._told_disconnect = True
+        return message
+
+
+async def foreign_send(channel: Channel, message: Message) -> None:
+    """The compiled dispatcher's hook for a send made outside its stepping."""
+    request: DispatchRequest = channel.owner
+    await request.handoff().send(message)

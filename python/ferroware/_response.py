@@ -1,0 +1,47 @@
+"""The response ``call_next`` returns."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+from starlette.responses import Response
+from starlette.types import Message, Receive, Scope, Send
+
+if TYPE_CHECKING:
+    from ferroware._core import Channel
+
+
+class CallNextResponse(Response):
+    """The downstream app's response, streamed from its suspended ``send``.
+
+    Status and headers come from its ``http.response.start`` (the header list is
+    the app's own, so edits go straight into the message that is sent). Sending
+    it relays the body chunk by chunk, exactly as Starlette's ``call_next``
+    response does: each non-empty chunk with ``more_body`` set, then one empty
+    final chunk.
+    """
+
+    def __init__(self, channel: Channel, message: Message, info: Mapping[str, Any] | None) -> None:
+        self.status_code = message["status"]
+        self.raw_headers = message.get("headers", [])
+        self.body_iterator: AsyncIterator[bytes | Message] = channel
+        self.info = info
+        self.media_type = None
+        self.background = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.info is not None:
+            await send({"type": "http.response.debug", "info": self.info})
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        final_body = True
+        async for chunk in self.body_iterator:
+            if isinstance(chunk, Mapping):  # pathsend: it is the end of the response
+                final_body = False
+                await send(chunk)
+                continue
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        if final_body:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        if self.background is not None:
+            await self.background()

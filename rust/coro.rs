@@ -1,0 +1,150 @@
+//! Driving Python coroutines by hand: one resume step with send or throw, and the
+//! small awaitables the dispatcher hands out.
+//!
+//! We never wrap a downstream coroutine in a task. Whoever awaits one of our
+//! awaitables lends us its own task; we step the coroutine with `send`/`throw`
+//! and pass whatever it yields (asyncio futures, trio traps) straight up.
+
+use pyo3::exceptions::{PyStopIteration, PyTypeError};
+use pyo3::ffi;
+use pyo3::prelude::*;
+use pyo3::types::{PyTuple, PyType};
+use pyo3::{intern, IntoPyObjectExt};
+
+/// What a resumed coroutine did.
+pub enum Step {
+    /// It suspended, yielding this object to whoever drives it.
+    Yield(Py<PyAny>),
+    /// It finished with this value.
+    Return(Py<PyAny>),
+}
+
+/// What to resume a coroutine with.
+pub enum Input {
+    Send(Py<PyAny>),
+    Throw(PyErr),
+}
+
+impl Input {
+    pub fn none(py: Python<'_>) -> Self {
+        Input::Send(py.None())
+    }
+}
+
+/// Resume `iter` once. Errors are the exceptions it raised (StopIteration excluded).
+pub fn resume(py: Python<'_>, iter: &Bound<'_, PyAny>, input: Input) -> PyResult<Step> {
+    match input {
+        Input::Send(value) => send(py, iter, value.bind(py)),
+        Input::Throw(err) => throw(py, iter, err),
+    }
+}
+
+fn send(py: Python<'_>, iter: &Bound<'_, PyAny>, value: &Bound<'_, PyAny>) -> PyResult<Step> {
+    let mut out: *mut ffi::PyObject = std::ptr::null_mut();
+    // SAFETY: both pointers are live for the call; PyIter_Send returns a new
+    // reference in `out` for PYGEN_RETURN and PYGEN_NEXT, and leaves an
+    // exception set for PYGEN_ERROR.
+    let status = unsafe { ffi::PyIter_Send(iter.as_ptr(), value.as_ptr(), &mut out) };
+    match status {
+        ffi::PySendResult::PYGEN_NEXT => Ok(Step::Yield(unsafe { Bound::from_owned_ptr(py, out) }.unbind())),
+        ffi::PySendResult::PYGEN_RETURN => Ok(Step::Return(unsafe { Bound::from_owned_ptr(py, out) }.unbind())),
+        ffi::PySendResult::PYGEN_ERROR => Err(PyErr::fetch(py)),
+    }
+}
+
+fn throw(py: Python<'_>, iter: &Bound<'_, PyAny>, err: PyErr) -> PyResult<Step> {
+    let exc = err.into_value(py);
+    match iter.call_method1(intern!(py, "throw"), (exc,)) {
+        Ok(value) => Ok(Step::Yield(value.unbind())),
+        Err(e) if e.is_instance_of::<PyStopIteration>(py) => {
+            let value = e.value(py).getattr(intern!(py, "value"))?;
+            Ok(Step::Return(value.unbind()))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The exception to throw for `throw(typ[, val[, tb]])`, the three forms Python accepts.
+pub fn exception_from_throw_args(
+    py: Python<'_>,
+    typ: &Bound<'_, PyAny>,
+    val: Option<&Bound<'_, PyAny>>,
+    tb: Option<&Bound<'_, PyAny>>,
+) -> PyResult<PyErr> {
+    let val = val.filter(|v| !v.is_none());
+    let exc = if let Ok(cls) = typ.cast::<PyType>() {
+        match val {
+            Some(v) if v.is_instance(cls)? => v.clone(),
+            Some(v) if v.is_instance_of::<PyTuple>() => cls.call1(v.cast::<PyTuple>()?)?,
+            Some(v) => cls.call1((v,))?,
+            None => cls.call0()?,
+        }
+    } else {
+        typ.clone()
+    };
+    if let Some(tb) = tb.filter(|t| !t.is_none()) {
+        exc.setattr(intern!(py, "__traceback__"), tb)?;
+    }
+    let err = PyErr::from_value(exc);
+    if !err.get_type(py).is_subclass_of::<pyo3::exceptions::PyBaseException>()? {
+        return Err(PyTypeError::new_err("exceptions must derive from BaseException"));
+    }
+    Ok(err)
+}
+
+/// The value carried by a `StopIteration`, as the error that finishes an awaitable.
+pub fn stop_iteration(py: Python<'_>, value: Py<PyAny>) -> PyErr {
+    if value.is_none(py) {
+        PyStopIteration::new_err(())
+    } else {
+        PyStopIteration::new_err((value,))
+    }
+}
+
+/// An awaitable that is already done: `await Ready(x)` is `x` with no suspension.
+/// Used where the answer is known at call time (a swallowed send after the
+/// response has gone out), so no coroutine frame is created for it.
+#[pyclass(module = "ferroware._core", freelist = 64)]
+pub struct Ready {
+    value: Option<Py<PyAny>>,
+}
+
+impl Ready {
+    pub fn none(py: Python<'_>) -> PyResult<Py<PyAny>> {
+        Ready { value: None }.into_py_any(py)
+    }
+}
+
+#[pymethods]
+impl Ready {
+    fn __await__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+
+    fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+
+    fn __next__(&mut self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        Err(stop_iteration(py, self.value.take().unwrap_or_else(|| py.None())))
+    }
+
+    fn send(&mut self, py: Python<'_>, _value: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        self.__next__(py)
+    }
+
+    #[pyo3(signature = (typ, val=None, tb=None))]
+    fn throw(
+        &mut self,
+        py: Python<'_>,
+        typ: &Bound<'_, PyAny>,
+        val: Option<&Bound<'_, PyAny>>,
+        tb: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Py<PyAny>> {
+        Err(exception_from_throw_args(py, typ, val, tb)?)
+    }
+
+    fn close(&mut self) {
+        self.value = None;
+    }
+}

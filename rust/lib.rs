@@ -1,0 +1,18 @@
+//! ferroware's compiled core: the `call_next` dispatcher and the stack builder.
+//!
+//! Each submodule owns one job and registers its classes through its own `init`;
+//! this file only wires them into the `ferroware._core` module.
+
+use pyo3::prelude::*;
+
+mod chain;
+mod coro;
+mod dispatch;
+
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    dispatch::init(m)?;
+    chain::init(m)?;
+    Ok(())
+}
