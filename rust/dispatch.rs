@@ -140,19 +140,16 @@ impl Channel {
     fn send(slf: &Bound<'_, Self>, message: Py<PyAny>) -> PyResult<Py<PyAny>> {
         let py = slf.py();
         let mut this = slf.borrow_mut();
-        if matches!(this.state, State::Draining | State::Done) {
-            // The middleware's response already went out (or was dropped):
-            // like Starlette, further sends from the app are discarded.
-            return Ready::none(py);
-        }
-        if this.stepping {
+        if this.stepping && !this.response_sent() {
             this.outbox = Some(message);
             drop(this);
             return Pause { channel: slf.clone().unbind(), yielded: false }.into_py_any(py);
         }
+        // From another task, or after the response went out (then the Python
+        // side discards it, with a checkpoint so a sending loop stays cancellable).
         let hook = this.dispatcher.get().foreign_send.clone_ref(py);
         drop(this);
-        Ok(hook.call1(py, (slf, message))?)
+        hook.call1(py, (slf, message))
     }
 
     /// Async iteration over the response body, for `response.body_iterator`.
@@ -164,9 +161,14 @@ impl Channel {
         Drive::new(slf, Goal::Body)
     }
 
-    /// Closes the body early, as `aclose()` on Starlette's body generator does.
-    fn aclose(slf: &Bound<'_, Self>) -> Drive {
-        Drive::new(slf, Goal::Abort)
+    /// Stops the body iteration early, as `aclose()` on Starlette's body
+    /// generator does. The app is not touched: it stays in its `send` until the
+    /// middleware's response went out, then runs on with its sends discarded.
+    fn aclose(&mut self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        if self.state == State::Started {
+            self.state = State::BodyDone;
+        }
+        Ready::none(py)
     }
 
     /// Runs the app to its end once the response went out, then re-raises an
@@ -489,7 +491,8 @@ impl Drive {
         let mut this = channel.borrow_mut();
         this.state = State::Done;
         match self.goal {
-            Goal::Start | Goal::Finish => Err(err),
+            Goal::Start => Err(chain_like_starlette(py, err)?),
+            Goal::Finish => Err(err),
             Goal::Body => {
                 // After the start the body is cut short; the error is raised
                 // once the middleware's response is done (by `finish`).
@@ -505,6 +508,24 @@ impl Drive {
             }
         }
     }
+}
+
+/// Starlette re-raises an app error in `call_next` as `raise exc from
+/// exc.__cause__ or exc.__context__` inside its end-of-stream handler. Code
+/// written against it (and its test suite) sees that chaining, so we give the
+/// same: the cause kept or promoted from the context, and the context an
+/// `anyio.EndOfStream`, suppressed so tracebacks stay clean.
+fn chain_like_starlette(py: Python<'_>, err: PyErr) -> PyResult<PyErr> {
+    let exc = err.value(py);
+    let cause = match exc.getattr(intern!(py, "__cause__"))? {
+        c if c.is_none() => exc.getattr(intern!(py, "__context__"))?,
+        c => c,
+    };
+    let end_of_stream = py.import(intern!(py, "anyio"))?.getattr(intern!(py, "EndOfStream"))?.call0()?;
+    exc.setattr(intern!(py, "__context__"), end_of_stream)?;
+    exc.setattr(intern!(py, "__cause__"), cause)?;
+    exc.setattr(intern!(py, "__suppress_context__"), true)?;
+    Ok(err)
 }
 
 fn complete(py: Python<'_>, result: PyResult<Py<PyAny>>) -> PyErr {

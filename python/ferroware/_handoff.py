@@ -46,8 +46,6 @@ class Handoff:
 
     async def send(self, message: Message) -> None:
         """Called in the foreign task: park the message until the dispatcher took it."""
-        if self.closed:
-            return  # the response already went out: discarded, as Starlette does
         parked = _Parked(message)
         self._parked.append(parked)
         self._notify()

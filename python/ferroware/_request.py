@@ -14,6 +14,7 @@ from contextlib import aclosing
 from typing import TYPE_CHECKING
 
 import anyio
+from anyio.lowlevel import checkpoint
 from starlette.requests import ClientDisconnect, Request
 from starlette.types import Message, Receive, Scope, Send
 
@@ -97,6 +98,12 @@ class DispatchRequest(Request):
 
 
 async def foreign_send(channel: Channel, message: Message) -> None:
-    """The compiled dispatcher's hook for a send made outside its stepping."""
+    """The compiled dispatcher's hook for a send it can't take directly: one
+    from another task, or one after the middleware's response went out."""
+    if channel.response_sent:
+        # Discarded, as Starlette discards it; the checkpoint keeps an app that
+        # sends in a loop cancellable (it may be waiting for the disconnect).
+        await checkpoint()
+        return
     request: DispatchRequest = channel.owner
     await request.handoff().send(message)

@@ -8,7 +8,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ferroware._core import Dispatcher
+from anyio.lowlevel import cancel_shielded_checkpoint
+
+from ferroware._core import Channel, Dispatcher
 from ferroware._request import DispatchRequest, foreign_send
 from ferroware._response import CallNextResponse
 
@@ -71,4 +73,13 @@ async def _run_layer(layer: object, scope: Scope, receive: Receive, send: Send) 
         await channel.abort()
         raise
     request.response_sent()
+    if not _is_channel_send(send):
+        # The outermost layer lets other tasks run between its response going out
+        # and the app's background work starting, as Starlette's call_next does;
+        # inner layers are resumed only after it, so one yield serves the stack.
+        await cancel_shielded_checkpoint()
     await channel.finish()
+
+
+def _is_channel_send(send: Send) -> bool:
+    return type(getattr(send, "__self__", None)) is Channel
