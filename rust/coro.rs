@@ -125,12 +125,17 @@ impl Ready {
         slf
     }
 
-    fn __next__(&mut self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        Err(stop_iteration(py, self.value.take().unwrap_or_else(|| py.None())))
+    fn __next__(&mut self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
+        match self.value.take() {
+            // Returning nothing ends the iteration with the value None, with
+            // no StopIteration object made.
+            None => Ok(None),
+            Some(value) => Err(stop_iteration(py, value)),
+        }
     }
 
     fn send(&mut self, py: Python<'_>, _value: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
-        self.__next__(py)
+        Err(stop_iteration(py, self.value.take().unwrap_or_else(|| py.None())))
     }
 
     #[pyo3(signature = (typ, val=None, tb=None))]

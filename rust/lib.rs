@@ -8,11 +8,15 @@ use pyo3::prelude::*;
 mod chain;
 mod coro;
 mod dispatch;
+mod drive;
+mod layer;
 
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     dispatch::init(m)?;
+    drive::init(m)?;
+    layer::init(m)?;
     chain::init(m)?;
     Ok(())
 }

@@ -67,7 +67,7 @@ class Handoff:
         """Called inside the stepped task: pass the oldest parked message on."""
         parked = self._parked.popleft()
         try:
-            await channel.send(parked.message)
+            await channel(parked.message)
         except Exception as exc:  # a protocol error belongs to the sender
             parked.error = exc
         finally:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import anyio
 from anyio.lowlevel import checkpoint
 from starlette.requests import ClientDisconnect, Request
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Message
 
 from ferroware._handoff import Handoff
 
@@ -27,30 +27,27 @@ _DISCONNECT: Message = {"type": "http.disconnect"}
 
 
 class DispatchRequest(Request):
-    """A Starlette ``Request`` that knows the channel of its ``call_next``."""
+    """A Starlette ``Request`` that knows the channel of its ``call_next``.
 
-    def __init__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        super().__init__(scope, receive, send)
-        self.channel: Channel | None = None
-        self._delivered = False  # the downstream app got its whole body
-        self._told_disconnect = False  # the downstream app was told of a disconnect
-        self._parking: Handoff | None = None
+    Its own state has class-level defaults so that building one costs no more
+    than building a plain ``Request``; the compiled layer sets ``channel``.
+    """
+
+    channel: Channel
+    _delivered = False  # the downstream app got its whole body
+    _told_disconnect = False  # the downstream app was told of a disconnect
 
     def handoff(self) -> Handoff:
-        if self._parking is None:
-            self._parking = Handoff()
-        return self._parking
-
-    def response_sent(self) -> None:
-        """The middleware's response went out: the app may only see a disconnect now."""
-        if self.channel is not None:
-            self.channel.mark_response_sent()
-        if self._parking is not None:
-            self._parking.close()
+        """The meeting point for sends from other tasks; the channel closes it
+        when the response went out."""
+        handoff = self.channel.handoff
+        if handoff is None:
+            handoff = self.channel.handoff = Handoff()
+        return handoff
 
     async def downstream_receive(self) -> Message:
         channel = self.channel
-        if self._told_disconnect or (channel is not None and channel.response_sent):
+        if self._told_disconnect or channel.response_sent:
             return {"type": "http.disconnect"}
         if self._delivered:
             return await self._wait_for_disconnect()
@@ -80,10 +77,10 @@ class DispatchRequest(Request):
             return self._seen(await self.receive())
         handoff = self.handoff()
         while True:
-            if channel is not None and channel.response_sent:
+            if channel.response_sent:
                 self._told_disconnect = True
                 return {"type": "http.disconnect"}
-            if handoff.has_parked() and channel is not None and channel.stepping:
+            if handoff.has_parked() and channel.stepping:
                 await handoff.relay(channel)
                 continue
             message = await handoff.receive_or_wake(self.receive)

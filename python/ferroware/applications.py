@@ -1,0 +1,67 @@
+"""``Starlette`` and ``FastAPI`` whose user middleware stack is composed in Rust.
+
+Drop-in subclasses: change the import, keep the app. Stock ``BaseHTTPMiddleware``
+layers are moved onto the compiled dispatcher, and ``@app.middleware("http")``
+(gone from Starlette since 1.0, kept by FastAPI) registers ferroware's class.
+Everything else, including where the user stack sits among the framework's own
+layers, is the framework's unchanged ``build_middleware_stack``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeVar
+
+import starlette.applications
+from starlette.types import ASGIApp
+
+from ferroware._stack import build_with_compiled_user_stack
+from ferroware.base import BaseHTTPMiddleware, DispatchFunction
+
+__all__ = ["Starlette"]
+
+Dispatch = TypeVar("Dispatch", bound=DispatchFunction)
+
+
+def _http_middleware(
+    app: starlette.applications.Starlette, middleware_type: str
+) -> Callable[[Dispatch], Dispatch]:
+    """The ``@app.middleware(middleware_type)`` decorator, for both app classes."""
+    if middleware_type != "http":
+        # FastAPI only asserts this, which vanishes under ``python -O``.
+        raise ValueError(f'middleware_type must be "http", got {middleware_type!r}')
+
+    def decorator(func: Dispatch) -> Dispatch:
+        app.add_middleware(BaseHTTPMiddleware, dispatch=func)
+        return func
+
+    return decorator
+
+
+class Starlette(starlette.applications.Starlette):
+    """``starlette.applications.Starlette`` with ferroware's middleware stack."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return build_with_compiled_user_stack(self, super().build_middleware_stack)
+
+    def middleware(self, middleware_type: str) -> Callable[[Dispatch], Dispatch]:
+        """Register the decorated ``dispatch(request, call_next)`` as the outermost user layer."""
+        return _http_middleware(self, middleware_type)
+
+
+try:
+    import fastapi
+except ImportError:  # pragma: no cover - FastAPI is an optional extra
+    pass
+else:
+    __all__ += ["FastAPI"]
+
+    class FastAPI(fastapi.FastAPI):
+        """``fastapi.FastAPI`` with ferroware's middleware stack."""
+
+        def build_middleware_stack(self) -> ASGIApp:
+            return build_with_compiled_user_stack(self, super().build_middleware_stack)
+
+        def middleware(self, middleware_type: str) -> Callable[[Dispatch], Dispatch]:  # type: ignore[override]
+            """Register the decorated ``dispatch(request, call_next)`` as the outermost user layer."""
+            return _http_middleware(self, middleware_type)

@@ -1,0 +1,452 @@
+//! Stepping the downstream app until it gives the middleware what it waits for.
+//!
+//! `DriveCore` is the engine: resumed with what the event loop sent (a value or
+//! an exception), it steps the app's coroutine and passes each suspension up
+//! unchanged, until a message the app sent through its channel settles the goal:
+//! the response at `http.response.start` (`call_next`), the next body chunk (the
+//! body iterator), or the app's end (`finish` and `abort`). The compiled layer
+//! embeds cores directly; `Drive` wraps one as a Python awaitable for
+//! `await call_next(...)` and `async for chunk in response.body_iterator`.
+
+use pyo3::exceptions::{PyGeneratorExit, PyRuntimeError, PyStopAsyncIteration, PyTypeError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList, PyString};
+use pyo3::intern;
+
+use crate::coro::{exception_from_throw_args, resume, stop_iteration, Input, Step};
+use crate::dispatch::{Channel, State};
+
+/// What the middleware waits for from the downstream app.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Goal {
+    /// `call_next`: the response, as soon as its start message is sent.
+    Start,
+    /// The body iterator: the next non-empty chunk, or the end.
+    Body,
+    /// After the response went out: run the app to its end.
+    Finish,
+    /// After `dispatch` failed: unwind the app, awaiting its cleanups.
+    Abort,
+}
+
+/// How a step ended.
+pub enum Outcome {
+    /// The app suspended: pass this to the event loop.
+    Yield(Py<PyAny>),
+    /// The goal is reached with this value.
+    Return(Py<PyAny>),
+    /// The body has no more chunks.
+    End,
+    /// The goal failed with this error.
+    Raise(PyErr),
+}
+
+/// What to do after looking at a message the app sent.
+enum Next {
+    /// Resume the app with this.
+    Resume(Input),
+    /// Await this outer awaitable (an early hint's send), then resume the app.
+    Await(Py<PyAny>),
+    /// The goal is settled.
+    Settle(Outcome),
+}
+
+pub struct DriveCore {
+    goal: Goal,
+    /// An outer awaitable being awaited on the app's behalf.
+    sub: Option<Py<PyAny>>,
+    begun: bool,
+}
+
+impl DriveCore {
+    pub fn new(goal: Goal) -> Self {
+        DriveCore { goal, sub: None, begun: false }
+    }
+
+    pub fn step(&mut self, channel: &Bound<'_, Channel>, mut input: Input) -> Outcome {
+        let py = channel.py();
+        if !self.begun {
+            self.begun = true;
+            match self.begin(channel) {
+                Ok(None) => {}
+                Ok(Some(Next::Resume(first))) => input = first,
+                Ok(Some(Next::Settle(outcome))) => return outcome,
+                Ok(Some(Next::Await(_))) => unreachable!("begin never awaits"),
+                Err(err) => return Outcome::Raise(err),
+            }
+        }
+        loop {
+            if let Some(sub) = self.sub.as_ref().map(|s| s.clone_ref(py)) {
+                match resume(py, sub.bind(py), input) {
+                    Ok(Step::Yield(value)) => return Outcome::Yield(value),
+                    Ok(Step::Return(_)) => {
+                        self.sub = None;
+                        input = Input::none(py);
+                    }
+                    Err(err) => {
+                        self.sub = None;
+                        input = Input::Throw(err);
+                    }
+                }
+            }
+            let coro = match channel.borrow().coro.as_ref() {
+                Some(coro) => coro.clone_ref(py),
+                None => return self.app_finished(channel),
+            };
+            channel.borrow_mut().stepping = true;
+            let stepped = resume(py, coro.bind(py), input);
+            channel.borrow_mut().stepping = false;
+            match stepped {
+                Ok(Step::Yield(value)) if value.is(channel) => {
+                    let message = channel.borrow_mut().outbox.take();
+                    let next = match message {
+                        Some(message) => self.on_message(channel, message.bind(py)),
+                        None => Err(PyRuntimeError::new_err("ferroware: a pause without a message")),
+                    };
+                    input = match next {
+                        Ok(Next::Resume(next)) => next,
+                        Ok(Next::Await(awaitable)) => match crate::layer::awaitable_iter(awaitable.bind(py)) {
+                            Ok(iter) => {
+                                self.sub = Some(iter);
+                                Input::none(py)
+                            }
+                            Err(err) => Input::Throw(err),
+                        },
+                        Ok(Next::Settle(outcome)) => return outcome,
+                        // A protocol error surfaces at the app's own `await send(...)`.
+                        Err(err) => Input::Throw(err),
+                    };
+                }
+                Ok(Step::Yield(value)) => return Outcome::Yield(value),
+                Ok(Step::Return(_)) => {
+                    channel.borrow_mut().coro = None;
+                    return self.app_finished(channel);
+                }
+                Err(err) => {
+                    channel.borrow_mut().coro = None;
+                    return self.app_failed(channel, err);
+                }
+            }
+        }
+    }
+
+    /// Work at the first step: start the app, or settle at once.
+    fn begin(&mut self, channel: &Bound<'_, Channel>) -> PyResult<Option<Next>> {
+        let py = channel.py();
+        match self.goal {
+            Goal::Start => {
+                if let Err(err) = Channel::start_app(channel) {
+                    channel.borrow_mut().state = State::Done;
+                    return Err(err);
+                }
+                Ok(None)
+            }
+            Goal::Body => Ok(match channel.borrow().state {
+                State::Started => None,
+                _ => Some(Next::Settle(Outcome::End)),
+            }),
+            Goal::Finish | Goal::Abort => {
+                let mut this = channel.borrow_mut();
+                if this.coro.is_none() {
+                    this.state = State::Done;
+                    let error = if self.goal == Goal::Finish { this.error.take() } else { None };
+                    return Ok(Some(Next::Settle(match error {
+                        Some(err) => Outcome::Raise(err),
+                        None => Outcome::Return(py.None()),
+                    })));
+                }
+                this.state = State::Draining;
+                Ok(if self.goal == Goal::Abort {
+                    Some(Next::Resume(Input::Throw(PyGeneratorExit::new_err(()))))
+                } else {
+                    None
+                })
+            }
+        }
+    }
+
+    /// The app sent `message` from inside our stepping.
+    fn on_message(&mut self, channel: &Bound<'_, Channel>, message: &Bound<'_, PyAny>) -> PyResult<Next> {
+        let py = channel.py();
+        let kind = message_type(message)?;
+        let kind = kind.to_str()?;
+        match self.goal {
+            Goal::Start => match kind {
+                "http.response.start" => {
+                    let (info, cls) = {
+                        let mut this = channel.borrow_mut();
+                        this.state = State::Started;
+                        let info = this.info.take().unwrap_or_else(|| py.None());
+                        (info, this.dispatcher.get().hooks.get().response_cls.clone_ref(py))
+                    };
+                    Ok(Next::Settle(match make_response(cls.bind(py), channel, message, info) {
+                        Ok(response) => Outcome::Return(response),
+                        Err(err) => Outcome::Raise(err),
+                    }))
+                }
+                "http.response.debug" => {
+                    channel.borrow_mut().info = Some(message.get_item(intern!(py, "info"))?.unbind());
+                    Ok(Next::Resume(Input::none(py)))
+                }
+                "http.response.early_hint" => {
+                    let send = channel.borrow().send.clone_ref(py);
+                    Ok(Next::Await(send.call1(py, (message,))?))
+                }
+                other => Err(PyRuntimeError::new_err(format!(
+                    "ASGI message {other:?} sent before 'http.response.start'"
+                ))),
+            },
+            Goal::Body => match kind {
+                "http.response.body" => {
+                    let (body, more) = body_fields(message)?;
+                    if !more {
+                        channel.borrow_mut().state = State::BodyDone;
+                    }
+                    Ok(match body {
+                        Some(body) => Next::Settle(Outcome::Return(body.unbind())),
+                        None if more => Next::Resume(Input::none(py)),
+                        None => Next::Settle(Outcome::End),
+                    })
+                }
+                "http.response.pathsend" => {
+                    channel.borrow_mut().state = State::BodyDone;
+                    Ok(Next::Settle(Outcome::Return(message.clone().unbind())))
+                }
+                "http.response.start" => Err(PyRuntimeError::new_err(
+                    "'http.response.start' sent twice: the response had already started",
+                )),
+                other => Err(PyRuntimeError::new_err(format!(
+                    "unexpected ASGI message {other:?} while sending the response body"
+                ))),
+            },
+            // Sends are discarded once draining; nothing pauses here.
+            Goal::Finish | Goal::Abort => Ok(Next::Resume(Input::none(py))),
+        }
+    }
+
+    /// The app returned.
+    fn app_finished(&self, channel: &Bound<'_, Channel>) -> Outcome {
+        let py = channel.py();
+        let mut this = channel.borrow_mut();
+        this.state = State::Done;
+        match self.goal {
+            Goal::Start => Outcome::Raise(PyRuntimeError::new_err("No response returned.")),
+            // Ended without a final body: the stream just ends, as in Starlette.
+            Goal::Body => Outcome::End,
+            Goal::Finish => match this.error.take() {
+                Some(err) => Outcome::Raise(err),
+                None => Outcome::Return(py.None()),
+            },
+            Goal::Abort => Outcome::Return(py.None()),
+        }
+    }
+
+    /// The app raised `err`.
+    fn app_failed(&self, channel: &Bound<'_, Channel>, err: PyErr) -> Outcome {
+        let py = channel.py();
+        let mut this = channel.borrow_mut();
+        this.state = State::Done;
+        match self.goal {
+            Goal::Start => match chain_like_starlette(py, err) {
+                Ok(err) | Err(err) => Outcome::Raise(err),
+            },
+            Goal::Finish => Outcome::Raise(err),
+            Goal::Body => {
+                // After the start the body is cut short; the error is raised
+                // once the middleware's response is done (by `finish`).
+                this.error = Some(err);
+                Outcome::End
+            }
+            Goal::Abort if err.is_instance_of::<PyGeneratorExit>(py) => Outcome::Return(py.None()),
+            Goal::Abort => Outcome::Raise(err),
+        }
+    }
+
+    /// Closes what this core is stepping: the outer awaitable, then the app.
+    pub fn close(&mut self, channel: &Bound<'_, Channel>) -> PyResult<()> {
+        let py = channel.py();
+        if let Some(sub) = self.sub.take() {
+            sub.bind(py).call_method0(intern!(py, "close"))?;
+        }
+        let coro = {
+            let mut this = channel.borrow_mut();
+            this.state = State::Done;
+            this.coro.take()
+        };
+        if let Some(coro) = coro {
+            coro.bind(py).call_method0(intern!(py, "close"))?;
+        }
+        Ok(())
+    }
+}
+
+/// Starlette re-raises an app error in `call_next` as `raise exc from
+/// exc.__cause__ or exc.__context__` inside its end-of-stream handler. Code
+/// written against it (and its test suite) sees that chaining, so we give the
+/// same: the cause kept or promoted from the context, and the context an
+/// `anyio.EndOfStream`, suppressed so tracebacks stay clean.
+fn chain_like_starlette(py: Python<'_>, err: PyErr) -> PyResult<PyErr> {
+    let exc = err.value(py);
+    let cause = match exc.getattr(intern!(py, "__cause__"))? {
+        c if c.is_none() => exc.getattr(intern!(py, "__context__"))?,
+        c => c,
+    };
+    let end_of_stream = py.import(intern!(py, "anyio"))?.getattr(intern!(py, "EndOfStream"))?.call0()?;
+    exc.setattr(intern!(py, "__context__"), end_of_stream)?;
+    exc.setattr(intern!(py, "__cause__"), cause)?;
+    exc.setattr(intern!(py, "__suppress_context__"), true)?;
+    Ok(err)
+}
+
+/// The response `call_next` returns: `response_cls` with the attributes its
+/// `__init__` would set, set directly (this runs once per request per layer).
+fn make_response(
+    cls: &Bound<'_, PyAny>,
+    channel: &Bound<'_, Channel>,
+    message: &Bound<'_, PyAny>,
+    info: Py<PyAny>,
+) -> PyResult<Py<PyAny>> {
+    let py = cls.py();
+    let status = message.get_item(intern!(py, "status"))?;
+    let headers = match get_field(message, intern!(py, "headers"))? {
+        Some(headers) => headers,
+        None => PyList::empty(py).into_any(),
+    };
+    let response = cls.call_method1(intern!(py, "__new__"), (cls,))?;
+    let attrs = response.getattr(intern!(py, "__dict__"))?.cast_into::<PyDict>()?;
+    attrs.set_item(intern!(py, "status_code"), status)?;
+    attrs.set_item(intern!(py, "raw_headers"), headers)?;
+    attrs.set_item(intern!(py, "body_iterator"), channel)?;
+    attrs.set_item(intern!(py, "info"), info)?;
+    attrs.set_item(intern!(py, "media_type"), py.None())?;
+    attrs.set_item(intern!(py, "background"), py.None())?;
+    Ok(response.unbind())
+}
+
+/// `message.get(key)`, None when absent or None; fast for dicts.
+fn get_field<'py>(message: &Bound<'py, PyAny>, key: &Bound<'py, PyString>) -> PyResult<Option<Bound<'py, PyAny>>> {
+    let value = match message.cast::<PyDict>() {
+        Ok(dict) => dict.get_item(key)?,
+        Err(_) => Some(message.call_method1(intern!(message.py(), "get"), (key,))?),
+    };
+    Ok(value.filter(|v| !v.is_none()))
+}
+
+fn message_type<'py>(message: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyString>> {
+    let py = message.py();
+    match get_field(message, intern!(py, "type"))? {
+        Some(kind) => kind
+            .cast_into::<PyString>()
+            .map_err(|_| PyTypeError::new_err("ASGI message 'type' must be a str")),
+        None => Err(PyRuntimeError::new_err("ASGI message without a 'type' key")),
+    }
+}
+
+/// The non-empty body of a body message (None when empty) and its `more_body`.
+fn body_fields<'py>(message: &Bound<'py, PyAny>) -> PyResult<(Option<Bound<'py, PyAny>>, bool)> {
+    let py = message.py();
+    let more = match get_field(message, intern!(py, "more_body"))? {
+        Some(flag) => flag.is_truthy()?,
+        None => false,
+    };
+    let body = match get_field(message, intern!(py, "body"))? {
+        Some(body) => match body.cast::<PyBytes>() {
+            Ok(bytes) => (!bytes.as_bytes().is_empty()).then_some(body),
+            Err(_) => match body.len() {
+                Ok(0) => None,
+                Ok(_) => Some(body),
+                Err(_) => return Err(PyTypeError::new_err("ASGI 'http.response.body' body must be bytes")),
+            },
+        },
+        None => None,
+    };
+    Ok((body, more))
+}
+
+/// The awaitable behind `call_next` and the body iterator's `__anext__`.
+#[pyclass(module = "ferroware._core")]
+pub struct Drive {
+    channel: Py<Channel>,
+    core: DriveCore,
+    done: bool,
+}
+
+impl Drive {
+    pub fn new(channel: &Bound<'_, Channel>, goal: Goal) -> Self {
+        Drive { channel: channel.clone().unbind(), core: DriveCore::new(goal), done: false }
+    }
+
+    fn step(&mut self, py: Python<'_>, input: Input) -> PyResult<Option<Py<PyAny>>> {
+        if self.done {
+            return Err(PyRuntimeError::new_err("cannot reuse already awaited ferroware awaitable"));
+        }
+        let outcome = self.core.step(self.channel.bind(py), input);
+        if !matches!(outcome, Outcome::Yield(_)) {
+            self.done = true;
+        }
+        match outcome {
+            Outcome::Yield(value) => Ok(Some(value)),
+            Outcome::Return(value) if value.is_none(py) => Ok(None),
+            Outcome::Return(value) => Err(stop_iteration(py, value)),
+            Outcome::End => Err(PyStopAsyncIteration::new_err(())),
+            Outcome::Raise(err) => Err(err),
+        }
+    }
+}
+
+#[pymethods]
+impl Drive {
+    fn __await__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+
+    fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+
+    fn __next__(&mut self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
+        self.step(py, Input::none(py))
+    }
+
+    fn send(&mut self, py: Python<'_>, value: Py<PyAny>) -> PyResult<Py<PyAny>> {
+        match self.step(py, Input::Send(value))? {
+            Some(value) => Ok(value),
+            None => Err(stop_iteration(py, py.None())),
+        }
+    }
+
+    #[pyo3(signature = (typ, val=None, tb=None))]
+    fn throw(
+        &mut self,
+        py: Python<'_>,
+        typ: &Bound<'_, PyAny>,
+        val: Option<&Bound<'_, PyAny>>,
+        tb: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Py<PyAny>> {
+        let err = exception_from_throw_args(py, typ, val, tb)?;
+        if !self.core.begun {
+            // Thrown in before the first step: nothing ran, nothing to unwind.
+            self.core.begun = true;
+            self.done = true;
+            return Err(err);
+        }
+        match self.step(py, Input::Throw(err))? {
+            Some(value) => Ok(value),
+            None => Err(stop_iteration(py, py.None())),
+        }
+    }
+
+    /// The awaiting coroutine is being closed while we run the app: close it too.
+    fn close(&mut self, py: Python<'_>) -> PyResult<()> {
+        if self.done {
+            return Ok(());
+        }
+        self.done = true;
+        self.core.close(self.channel.bind(py))
+    }
+}
+
+pub fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<Drive>()?;
+    Ok(())
+}

@@ -1,0 +1,444 @@
+//! One request through one `BaseHTTPMiddleware` layer, as a single awaitable.
+//!
+//! It does what Starlette's `BaseHTTPMiddleware.__call__` does, in order:
+//! build the request, run `dispatch(request, call_next)`, send the response it
+//! returned, then let the downstream app finish (its background work runs after
+//! the response went out). Each step that must wait is a sub-awaitable stepped in
+//! place, so the whole layer costs one Python frame: the user's `dispatch`.
+//!
+//! When `dispatch` returns the response `call_next` gave it, untouched but for
+//! status and headers, sending it is done here too: start message, each body
+//! chunk as it comes from the suspended app (`more_body=True`), then an empty
+//! final chunk, the exact messages Starlette's `call_next` response sends.
+//! Any other response is sent by calling it, as Starlette does.
+
+use pyo3::exceptions::{PyRuntimeError, PyStopAsyncIteration, PyTypeError};
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyMapping};
+use pyo3::{ffi, intern};
+
+use crate::coro::{exception_from_throw_args, resume, stop_iteration, Input, Step};
+use crate::dispatch::{Channel, Dispatcher, Pause};
+use crate::drive::{DriveCore, Goal, Outcome};
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Phase {
+    /// Nothing ran yet.
+    Begin,
+    /// Awaiting `dispatch(request, call_next)`.
+    Dispatch,
+    /// Awaiting `response(scope, receive, send)` for a response we don't relay.
+    Respond,
+    /// Relaying the `call_next` response: awaiting the outer send of the
+    /// debug or start message, of a body chunk or pathsend, the next chunk
+    /// from the app, or the final empty chunk.
+    SendHead,
+    NextChunk,
+    SendChunk,
+    SendFinal,
+    /// Awaiting the response's own background task.
+    Background,
+    /// Awaiting a yield to the event loop before the app's background work.
+    Checkpoint,
+    /// Awaiting the app's end (it runs on from its last send).
+    Finish,
+    /// Awaiting the app's unwinding after `dispatch` or the response failed.
+    Abort,
+    Done,
+}
+
+/// What the layer awaits right now.
+enum Sub {
+    /// A Python awaitable's iterator (dispatch, an outer send, a background task).
+    Py(Py<PyAny>),
+    /// The downstream app, stepped in place by a drive core.
+    App(DriveCore),
+}
+
+#[pyclass(module = "ferroware._core")]
+pub struct RunLayer {
+    dispatcher: Py<Dispatcher>,
+    scope: Py<PyAny>,
+    receive: Py<PyAny>,
+    send: Py<PyAny>,
+    request: Option<Py<PyAny>>,
+    downstream_receive: Option<Py<PyAny>>,
+    channel: Option<Py<Channel>>,
+    response: Option<Py<PyAny>>,
+    phase: Phase,
+    /// Whatever this phase awaits.
+    sub: Option<Sub>,
+    /// Messages still to send before the body (debug info, then start).
+    head: Vec<Py<PyAny>>,
+    /// The body ended with a pathsend: no final empty chunk.
+    pathsend: bool,
+    /// The error that `dispatch` or the response raised, re-raised after abort.
+    failure: Option<PyErr>,
+}
+
+impl RunLayer {
+    pub fn new(dispatcher: &Bound<'_, Dispatcher>, scope: Py<PyAny>, receive: Py<PyAny>, send: Py<PyAny>) -> Self {
+        RunLayer {
+            dispatcher: dispatcher.clone().unbind(),
+            scope,
+            receive,
+            send,
+            request: None,
+            downstream_receive: None,
+            channel: None,
+            response: None,
+            phase: Phase::Begin,
+            sub: None,
+            head: Vec::new(),
+            pathsend: false,
+            failure: None,
+        }
+    }
+
+    /// Ok(Some(value)): yield it; Ok(None): done; Err: raised.
+    fn step(&mut self, py: Python<'_>, mut input: Input) -> PyResult<Option<Py<PyAny>>> {
+        match self.phase {
+            Phase::Done => {
+                return Err(PyRuntimeError::new_err("cannot reuse already awaited ferroware layer call"));
+            }
+            Phase::Begin => {
+                if let Input::Throw(err) = input {
+                    self.phase = Phase::Done;
+                    return Err(err);
+                }
+                if let Err(err) = self.begin(py) {
+                    self.phase = Phase::Done;
+                    return Err(err);
+                }
+                input = Input::none(py);
+            }
+            _ => {}
+        }
+        loop {
+            let stepped = match self.sub.as_mut() {
+                Some(Sub::Py(iter)) => {
+                    let iter = iter.clone_ref(py);
+                    resume(py, iter.bind(py), input)
+                }
+                Some(Sub::App(core)) => {
+                    let channel = self.channel.as_ref().expect("channel exists after begin").bind(py);
+                    match core.step(channel, input) {
+                        Outcome::Yield(value) => Ok(Step::Yield(value)),
+                        Outcome::Return(value) => Ok(Step::Return(value)),
+                        Outcome::End => Err(PyStopAsyncIteration::new_err(())),
+                        Outcome::Raise(err) => Err(err),
+                    }
+                }
+                None => Err(PyRuntimeError::new_err("ferroware: layer lost its place")),
+            };
+            let outcome = match stepped {
+                Ok(Step::Yield(value)) => return Ok(Some(value)),
+                Ok(Step::Return(value)) => {
+                    self.sub = None;
+                    self.advance(py, value)
+                }
+                Err(err) => {
+                    self.sub = None;
+                    self.on_error(py, err)
+                }
+            };
+            match outcome {
+                Ok(true) => input = Input::none(py),
+                Ok(false) => {
+                    self.end();
+                    return Ok(None);
+                }
+                Err(err) => {
+                    self.end();
+                    return Err(err);
+                }
+            }
+        }
+    }
+
+    fn end(&mut self) {
+        self.phase = Phase::Done;
+        self.sub = None;
+    }
+
+    fn begin(&mut self, py: Python<'_>) -> PyResult<()> {
+        let dispatcher = self.dispatcher.bind(py);
+        let d = dispatcher.get();
+        let hooks = d.hooks.get();
+        let request = hooks.request_cls.bind(py).call1((&self.scope, &self.receive, &self.send))?;
+        let downstream_receive = request.getattr(intern!(py, "downstream_receive"))?;
+        let channel = Bound::new(
+            py,
+            Channel::new(
+                dispatcher,
+                self.scope.clone_ref(py),
+                downstream_receive.clone().unbind(),
+                self.send.clone_ref(py),
+                request.clone().unbind(),
+            ),
+        )?;
+        request.setattr(intern!(py, "channel"), &channel)?;
+        let call_next = channel.getattr(intern!(py, "call_next"))?;
+        let coro = d.dispatch_func.bind(py).call1((&request, call_next))?;
+        self.sub = Some(Sub::Py(awaitable_iter(&coro)?));
+        self.request = Some(request.unbind());
+        self.downstream_receive = Some(downstream_receive.unbind());
+        self.channel = Some(channel.unbind());
+        self.phase = Phase::Dispatch;
+        Ok(())
+    }
+
+    /// The awaited sub-step returned `value`; start the next one.
+    /// Ok(true): go on stepping; Ok(false): the layer is done.
+    fn advance(&mut self, py: Python<'_>, value: Py<PyAny>) -> PyResult<bool> {
+        match self.phase {
+            Phase::Dispatch => self.respond(py, value.into_bound(py)),
+            Phase::SendHead => {
+                if self.head.is_empty() {
+                    self.next_chunk(py)
+                } else {
+                    let message = self.head.remove(0);
+                    self.await_send(py, message.bind(py))
+                }
+            }
+            Phase::NextChunk => {
+                let chunk = value.into_bound(py);
+                if chunk.is_instance_of::<PyMapping>() || chunk.is_instance_of::<PyDict>() {
+                    self.pathsend = true;
+                    self.phase = Phase::SendChunk;
+                    return self.await_send(py, &chunk);
+                }
+                let message = PyDict::new(py);
+                message.set_item(intern!(py, "type"), intern!(py, "http.response.body"))?;
+                message.set_item(intern!(py, "body"), chunk)?;
+                message.set_item(intern!(py, "more_body"), true)?;
+                self.phase = Phase::SendChunk;
+                self.await_send(py, message.as_any())
+            }
+            Phase::SendChunk => self.next_chunk(py),
+            Phase::SendFinal => self.background(py),
+            Phase::Respond | Phase::Background => self.sent(py),
+            Phase::Checkpoint => self.finish(py),
+            Phase::Finish => Ok(false),
+            Phase::Abort => Err(self
+                .failure
+                .take()
+                .unwrap_or_else(|| PyRuntimeError::new_err("ferroware: abort without an error"))),
+            Phase::Begin | Phase::Done => Err(PyRuntimeError::new_err("ferroware: layer stepped out of order")),
+        }
+    }
+
+    /// The awaited sub-step raised `err`.
+    fn on_error(&mut self, py: Python<'_>, err: PyErr) -> PyResult<bool> {
+        match self.phase {
+            Phase::NextChunk if err.is_instance_of::<PyStopAsyncIteration>(py) => {
+                if self.pathsend {
+                    return self.background(py);
+                }
+                let message = PyDict::new(py);
+                message.set_item(intern!(py, "type"), intern!(py, "http.response.body"))?;
+                message.set_item(intern!(py, "body"), pyo3::types::PyBytes::new(py, b""))?;
+                message.set_item(intern!(py, "more_body"), false)?;
+                self.phase = Phase::SendFinal;
+                self.await_send(py, message.as_any())
+            }
+            Phase::Dispatch
+            | Phase::Respond
+            | Phase::SendHead
+            | Phase::NextChunk
+            | Phase::SendChunk
+            | Phase::SendFinal
+            | Phase::Background => {
+                // Like an exception escaping Starlette's task group: the app is
+                // unwound (its cleanups may still await), then the error goes on.
+                self.failure = Some(err);
+                Channel::mark_sent(self.channel().bind(py))?;
+                self.sub = Some(Sub::App(DriveCore::new(Goal::Abort)));
+                self.phase = Phase::Abort;
+                Ok(true)
+            }
+            Phase::Abort => {
+                if let Some(first) = self.failure.take() {
+                    err.set_context(py, Some(first));
+                }
+                Err(err)
+            }
+            Phase::Checkpoint | Phase::Finish | Phase::Begin | Phase::Done => Err(err),
+        }
+    }
+
+    fn channel(&self) -> &Py<Channel> {
+        self.channel.as_ref().expect("channel exists after begin")
+    }
+
+    /// `dispatch` returned `response`: send it.
+    fn respond(&mut self, py: Python<'_>, response: Bound<'_, PyAny>) -> PyResult<bool> {
+        if !response.is_callable() {
+            let func = self.dispatcher.get().dispatch_func.bind(py);
+            let name = func
+                .getattr(intern!(py, "__qualname__"))
+                .and_then(|n| n.extract::<String>())
+                .unwrap_or_else(|_| func.repr().map(|r| r.to_string()).unwrap_or_default());
+            return Err(PyTypeError::new_err(format!(
+                "{name}() returned {}, expected a Response",
+                response.get_type().name()?
+            )));
+        }
+        let hooks = self.dispatcher.get().hooks.get();
+        let relayable = response.get_type().is(hooks.response_cls.bind(py))
+            && response
+                .getattr(intern!(py, "body_iterator"))
+                .map(|it| it.is(self.channel()))
+                .unwrap_or(false);
+        if !relayable {
+            let receive = self.downstream_receive.as_ref().expect("set in begin").clone_ref(py);
+            let coro = response.call1((&self.scope, receive, &self.send))?;
+            self.sub = Some(Sub::Py(awaitable_iter(&coro)?));
+            self.phase = Phase::Respond;
+            self.response = Some(response.unbind());
+            return Ok(true);
+        }
+        let info = response.getattr(intern!(py, "info"))?;
+        if !info.is_none() {
+            let debug = PyDict::new(py);
+            debug.set_item(intern!(py, "type"), intern!(py, "http.response.debug"))?;
+            debug.set_item(intern!(py, "info"), info)?;
+            self.head.push(debug.into_any().unbind());
+        }
+        let start = PyDict::new(py);
+        start.set_item(intern!(py, "type"), intern!(py, "http.response.start"))?;
+        start.set_item(intern!(py, "status"), response.getattr(intern!(py, "status_code"))?)?;
+        start.set_item(intern!(py, "headers"), response.getattr(intern!(py, "raw_headers"))?)?;
+        self.head.push(start.into_any().unbind());
+        self.response = Some(response.unbind());
+        let first = self.head.remove(0);
+        self.phase = Phase::SendHead;
+        self.await_send(py, first.bind(py))
+    }
+
+    fn next_chunk(&mut self, _py: Python<'_>) -> PyResult<bool> {
+        self.sub = Some(Sub::App(DriveCore::new(Goal::Body)));
+        self.phase = Phase::NextChunk;
+        Ok(true)
+    }
+
+    fn await_send(&mut self, py: Python<'_>, message: &Bound<'_, PyAny>) -> PyResult<bool> {
+        let awaitable = self.send.bind(py).call1((message,))?;
+        self.sub = Some(Sub::Py(awaitable_iter(&awaitable)?));
+        Ok(true)
+    }
+
+    fn background(&mut self, py: Python<'_>) -> PyResult<bool> {
+        let response = self.response.as_ref().expect("set in respond").bind(py);
+        let task = response.getattr(intern!(py, "background"))?;
+        if task.is_none() {
+            return self.sent(py);
+        }
+        self.sub = Some(Sub::Py(awaitable_iter(&task.call0()?)?));
+        self.phase = Phase::Background;
+        Ok(true)
+    }
+
+    /// The middleware's response went out.
+    fn sent(&mut self, py: Python<'_>) -> PyResult<bool> {
+        Channel::mark_sent(self.channel().bind(py))?;
+        // The outermost layer lets other ready tasks run before the app's
+        // background work starts, as Starlette's call_next does. Inner layers
+        // are resumed only after it, so one yield serves the whole stack.
+        let outermost = !self.send.bind(py).is_instance_of::<Channel>();
+        if outermost {
+            let hooks = self.dispatcher.get().hooks.get();
+            if hooks.others_ready.bind(py).call0()?.is_truthy()? {
+                self.sub = Some(Sub::Py(awaitable_iter(&hooks.checkpoint.bind(py).call0()?)?));
+                self.phase = Phase::Checkpoint;
+                return Ok(true);
+            }
+        }
+        self.finish(py)
+    }
+
+    fn finish(&mut self, _py: Python<'_>) -> PyResult<bool> {
+        self.sub = Some(Sub::App(DriveCore::new(Goal::Finish)));
+        self.phase = Phase::Finish;
+        Ok(true)
+    }
+}
+
+/// The iterator to step for `await obj`: a coroutine, and our own awaitables,
+/// step themselves; anything else through `__await__()`.
+pub fn awaitable_iter(obj: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+    let py = obj.py();
+    // SAFETY: a type check on a live object.
+    if unsafe { ffi::PyCoro_CheckExact(obj.as_ptr()) } != 0
+        || obj.is_instance_of::<Pause>()
+        || obj.is_instance_of::<RunLayer>()
+    {
+        return Ok(obj.clone().unbind());
+    }
+    match obj.getattr(intern!(py, "__await__")) {
+        Ok(method) => Ok(method.call0()?.unbind()),
+        Err(_) => Err(PyTypeError::new_err(format!(
+            "object {} can't be used in 'await' expression",
+            obj.get_type().name().map(|n| n.to_string()).unwrap_or_else(|_| "?".into())
+        ))),
+    }
+}
+
+#[pymethods]
+impl RunLayer {
+    fn __await__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+
+    fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+
+    fn __next__(&mut self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
+        self.step(py, Input::none(py))
+    }
+
+    fn send(&mut self, py: Python<'_>, value: Py<PyAny>) -> PyResult<Py<PyAny>> {
+        match self.step(py, Input::Send(value))? {
+            Some(value) => Ok(value),
+            None => Err(stop_iteration(py, py.None())),
+        }
+    }
+
+    #[pyo3(signature = (typ, val=None, tb=None))]
+    fn throw(
+        &mut self,
+        py: Python<'_>,
+        typ: &Bound<'_, PyAny>,
+        val: Option<&Bound<'_, PyAny>>,
+        tb: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Py<PyAny>> {
+        let err = exception_from_throw_args(py, typ, val, tb)?;
+        match self.step(py, Input::Throw(err))? {
+            Some(value) => Ok(value),
+            None => Err(stop_iteration(py, py.None())),
+        }
+    }
+
+    /// The awaiting coroutine is closed under us: close what we await, then the app.
+    fn close(&mut self, py: Python<'_>) -> PyResult<()> {
+        let sub = self.sub.take();
+        self.phase = Phase::Done;
+        if let Some(Sub::Py(iter)) = sub {
+            iter.bind(py).call_method0(intern!(py, "close"))?;
+        }
+        if let Some(channel) = &self.channel {
+            DriveCore::new(Goal::Abort).close(channel.bind(py))?;
+        }
+        Ok(())
+    }
+
+    fn __repr__(&self) -> String {
+        format!("<ferroware layer call phase={:?}>", self.phase)
+    }
+}
+
+pub fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<RunLayer>()?;
+    Ok(())
+}
