@@ -4,7 +4,7 @@
 //! `send` the downstream app gets. The app runs in the caller's own task,
 //! stepped by a driver (see `drive.rs`); when it calls `send` from inside that
 //! stepping, `send` stores the message and returns the channel's `Pause`, which
-//! yields the channel itself. The driver recognises it, takes the message, and
+//! yields itself once. The driver recognises it, takes the message, and
 //! either resumes the app or leaves it suspended inside `send` until the
 //! middleware wants more: that is the whole backpressure mechanism, and why the
 //! app's background work only runs after the response went out.
@@ -123,7 +123,6 @@ pub struct Channel {
     pub(crate) receive: Py<PyAny>,
     /// The middleware's own (outer) `send`.
     pub(crate) send: Py<PyAny>,
-    owner: Py<PyAny>,
     pub(crate) coro: Option<Py<PyAny>>,
     /// True while a driver is inside `coro.send/throw`: a `send` made now comes
     /// from the coroutine being stepped, in our task.
@@ -134,7 +133,7 @@ pub struct Channel {
     /// An app error raised after the response started, re-raised by `finish`.
     pub(crate) error: Option<PyErr>,
     /// Reused by every direct send: one allocation per request, not per message.
-    pause: Option<Py<Pause>>,
+    pub(crate) pause: Option<Py<Pause>>,
     /// The Python meeting point for sends from other tasks, once there is one.
     handoff: Option<Py<PyAny>>,
 }
@@ -145,14 +144,12 @@ impl Channel {
         scope: Py<PyAny>,
         receive: Py<PyAny>,
         send: Py<PyAny>,
-        owner: Py<PyAny>,
     ) -> Self {
         Channel {
             dispatcher: dispatcher.clone().unbind(),
             scope,
             receive,
             send,
-            owner,
             coro: None,
             stepping: false,
             outbox: None,
@@ -162,6 +159,14 @@ impl Channel {
             pause: None,
             handoff: None,
         }
+    }
+
+    /// Drops what ties the channel to the request once the layer is done: the
+    /// app's `receive` is a method of the request, which points back here.
+    /// Without this, every request would leave a cycle for the garbage collector.
+    pub fn release(&mut self, py: Python<'_>) {
+        self.receive = py.None();
+        self.outbox = None;
     }
 
     pub fn is_response_sent(&self) -> bool {
@@ -241,7 +246,7 @@ impl Channel {
                     pause.clone_ref(py)
                 }
                 None => {
-                    let pause = Py::new(py, Pause { channel: slf.clone().unbind(), yielded: false })?;
+                    let pause = Py::new(py, Pause { yielded: false })?;
                     this.pause = Some(pause.clone_ref(py));
                     pause
                 }
@@ -287,11 +292,6 @@ impl Channel {
     }
 
     #[getter]
-    fn owner(&self, py: Python<'_>) -> Py<PyAny> {
-        self.owner.clone_ref(py)
-    }
-
-    #[getter]
     fn handoff(&self, py: Python<'_>) -> Option<Py<PyAny>> {
         self.handoff.as_ref().map(|h| h.clone_ref(py))
     }
@@ -306,11 +306,11 @@ impl Channel {
     }
 }
 
-/// Returned by a direct `send`: yields the channel once, so the driver above
-/// sees the message; then finishes (returns None) when the driver resumes it.
+/// Returned by a direct `send`: yields itself once, so the driver above sees
+/// the message; then finishes (returns None) when the driver resumes it. It
+/// holds nothing, so it makes no reference cycle with its channel.
 #[pyclass(module = "ferroware._core")]
 pub struct Pause {
-    channel: Py<Channel>,
     yielded: bool,
 }
 
@@ -324,19 +324,20 @@ impl Pause {
         slf
     }
 
-    fn __next__(&mut self, py: Python<'_>) -> Option<Py<PyAny>> {
-        if self.yielded {
+    fn __next__(mut slf: PyRefMut<'_, Self>) -> Option<PyRefMut<'_, Self>> {
+        if slf.yielded {
             return None;
         }
-        self.yielded = true;
-        Some(self.channel.clone_ref(py).into_any())
+        slf.yielded = true;
+        Some(slf)
     }
 
-    fn send(&mut self, py: Python<'_>, _value: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
-        match self.__next__(py) {
-            Some(value) => Ok(value),
-            None => Err(crate::coro::stop_iteration(py, py.None())),
+    fn send<'py>(mut slf: PyRefMut<'py, Self>, _value: &Bound<'py, PyAny>) -> PyResult<PyRefMut<'py, Self>> {
+        if slf.yielded {
+            return Err(crate::coro::stop_iteration(slf.py(), slf.py().None()));
         }
+        slf.yielded = true;
+        Ok(slf)
     }
 
     /// The driver throws protocol errors in here, so they surface at the app's

@@ -97,7 +97,7 @@ impl DriveCore {
             let stepped = resume(py, coro.bind(py), input);
             channel.borrow_mut().stepping = false;
             match stepped {
-                Ok(Step::Yield(value)) if value.is(channel) => {
+                Ok(Step::Yield(value)) if is_pause_of(channel, &value) => {
                     let message = channel.borrow_mut().outbox.take();
                     let next = match message {
                         Some(message) => self.on_message(channel, message.bind(py)),
@@ -278,6 +278,11 @@ impl DriveCore {
         }
         Ok(())
     }
+}
+
+/// Did the app yield its channel's pause (a direct send)?
+fn is_pause_of(channel: &Bound<'_, Channel>, value: &Py<PyAny>) -> bool {
+    channel.borrow().pause.as_ref().is_some_and(|pause| value.is(pause))
 }
 
 /// Starlette re-raises an app error in `call_next` as `raise exc from

@@ -145,20 +145,23 @@ impl RunLayer {
             match outcome {
                 Ok(true) => input = Input::none(py),
                 Ok(false) => {
-                    self.end();
+                    self.end(py);
                     return Ok(None);
                 }
                 Err(err) => {
-                    self.end();
+                    self.end(py);
                     return Err(err);
                 }
             }
         }
     }
 
-    fn end(&mut self) {
+    fn end(&mut self, py: Python<'_>) {
         self.phase = Phase::Done;
         self.sub = None;
+        if let Some(channel) = &self.channel {
+            channel.borrow_mut(py).release(py);
+        }
     }
 
     fn begin(&mut self, py: Python<'_>) -> PyResult<()> {
@@ -174,7 +177,6 @@ impl RunLayer {
                 self.scope.clone_ref(py),
                 downstream_receive.clone().unbind(),
                 self.send.clone_ref(py),
-                request.clone().unbind(),
             ),
         )?;
         request.setattr(intern!(py, "channel"), &channel)?;

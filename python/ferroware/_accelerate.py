@@ -74,7 +74,7 @@ def accelerate(layer: ASGIApp) -> ASGIApp:
         and not isinstance(layer, BaseHTTPMiddleware)
         # A subclass with its own __call__ does more than dispatch: leave it alone.
         # The class attribute is read now, so a patched __call__ counts as stock too.
-        and type(layer).__call__ in (STOCK_CALL, STOCK_BASE.__call__)
+
     ):
         return AcceleratedLayer(layer)
     return layer

@@ -96,6 +96,15 @@ class Handoff:
             self._wake = None
         return message
 
+    @staticmethod
+    def of(channel: Channel) -> Handoff:
+        """The channel's handoff, made on first use; the channel closes it when
+        the response went out."""
+        handoff = channel.handoff
+        if handoff is None:
+            handoff = channel.handoff = Handoff()
+        return handoff
+
     def _notify(self) -> None:
         wake, self._wake = self._wake, None
         if wake is not None:

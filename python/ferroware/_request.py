@@ -37,14 +37,6 @@ class DispatchRequest(Request):
     _delivered = False  # the downstream app got its whole body
     _told_disconnect = False  # the downstream app was told of a disconnect
 
-    def handoff(self) -> Handoff:
-        """The meeting point for sends from other tasks; the channel closes it
-        when the response went out."""
-        handoff = self.channel.handoff
-        if handoff is None:
-            handoff = self.channel.handoff = Handoff()
-        return handoff
-
     async def downstream_receive(self) -> Message:
         channel = self.channel
         if self._told_disconnect or channel.response_sent:
@@ -75,7 +67,7 @@ class DispatchRequest(Request):
             # A poll inside a cancelled scope (`request.is_disconnected()`):
             # ask the server directly, so a disconnect that is already there is seen.
             return self._seen(await self.receive())
-        handoff = self.handoff()
+        handoff = Handoff.of(channel)
         while True:
             if channel.response_sent:
                 self._told_disconnect = True
@@ -102,5 +94,4 @@ async def foreign_send(channel: Channel, message: Message) -> None:
         # sends in a loop cancellable (it may be waiting for the disconnect).
         await checkpoint()
         return
-    request: DispatchRequest = channel.owner
-    await request.handoff().send(message)
+    await Handoff.of(channel).send(message)
