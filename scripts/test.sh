@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Builds ferroware into its own virtual environment and runs every test:
+# the Rust unit tests, then pytest (unit, differential, fault and Starlette
+# conformance tests, each async test on asyncio and trio, warnings as errors).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+venv="${FERROWARE_TEST_VENV:-.venv-test}"
+python3 -m venv "$venv"
+"$venv/bin/python" -m pip install --quiet --upgrade pip
+# A release build: the tests exercise the same extension users get.
+"$venv/bin/python" -m pip install --quiet ".[test]"
+cargo test --quiet
+# The repository root has no importable `ferroware` (the package lives in
+# python/), so this tests the installed build.
+"$venv/bin/python" -m pytest "$@"
