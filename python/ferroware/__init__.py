@@ -2,10 +2,41 @@
 
 ``BaseHTTPMiddleware``, ``@app.middleware("http")`` and ``add_middleware`` keep
 Starlette's semantics; the dispatcher behind ``call_next`` is written in Rust and
-runs the downstream app in the caller's task.
+runs the downstream app in the caller's own task.
 """
 
-from ferroware._core import __version__
-from ferroware.base import BaseHTTPMiddleware
+from __future__ import annotations
 
-__all__ = ["BaseHTTPMiddleware", "__version__"]
+from typing import TYPE_CHECKING, Any
+
+from ferroware._core import __version__
+from ferroware.applications import Starlette
+from ferroware.base import BaseHTTPMiddleware
+from ferroware.install import install, is_patched, patch, uninstall, unpatch
+
+if TYPE_CHECKING:
+    from ferroware.applications import FastAPI
+
+__all__ = [
+    "BaseHTTPMiddleware",
+    "FastAPI",
+    "Starlette",
+    "__version__",
+    "install",
+    "is_patched",
+    "patch",
+    "uninstall",
+    "unpatch",
+]
+
+
+def __getattr__(name: str) -> Any:
+    # FastAPI is an optional extra: import it only when asked for.
+    if name == "FastAPI":
+        from ferroware import applications
+
+        try:
+            return applications.FastAPI
+        except AttributeError:
+            raise ImportError("ferroware.FastAPI needs FastAPI: pip install 'ferroware[fastapi]'") from None
+    raise AttributeError(f"module 'ferroware' has no attribute {name!r}")

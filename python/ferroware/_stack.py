@@ -44,4 +44,7 @@ def build_with_compiled_user_stack(app: Starlette, build: Callable[[], ASGIApp])
 
 
 def _already_folded(layers: Sequence[Middleware]) -> bool:
-    return len(layers) == 1 and layers[0].cls is compiled_user_stack
+    if len(layers) != 1:
+        return False
+    factory: object = layers[0].cls
+    return factory is compiled_user_stack

@@ -62,6 +62,6 @@ else:
         def build_middleware_stack(self) -> ASGIApp:
             return build_with_compiled_user_stack(self, super().build_middleware_stack)
 
-        def middleware(self, middleware_type: str) -> Callable[[Dispatch], Dispatch]:  # type: ignore[override]
+        def middleware(self, middleware_type: str) -> Callable[[Dispatch], Dispatch]:
             """Register the decorated ``dispatch(request, call_next)`` as the outermost user layer."""
             return _http_middleware(self, middleware_type)
