@@ -15,6 +15,7 @@
 
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyType};
 use pyo3::{intern, IntoPyObjectExt};
 
 use crate::coro::{exception_from_throw_args, Ready};
@@ -42,11 +43,14 @@ pub enum State {
 /// The Python pieces the compiled layer calls, fixed once at import.
 #[pyclass(module = "ferroware._core", frozen)]
 pub struct Hooks {
-    /// `request_cls(scope, receive, send)`: the request `dispatch` sees; it has
-    /// a `channel` attribute and a `downstream_receive()` method.
-    pub request_cls: Py<PyAny>,
+    /// The request `dispatch` sees; it has a `channel` attribute and a
+    /// `downstream_receive()` method.
+    pub request_cls: Py<PyType>,
+    /// What `request_cls(scope, receive, send).__dict__` holds, with `scope`,
+    /// `_receive` and `_send` to be filled in; None to call the class instead.
+    pub request_template: Option<Py<PyDict>>,
     /// The response class `call_next` returns (built without running `__init__`).
-    pub response_cls: Py<PyAny>,
+    pub response_cls: Py<PyType>,
     /// `foreign_send(channel, message) -> Awaitable[None]`, for a send the
     /// channel can't take directly (another task's, or one after the response).
     pub foreign_send: Py<PyAny>,
@@ -59,15 +63,16 @@ pub struct Hooks {
 #[pymethods]
 impl Hooks {
     #[new]
-    #[pyo3(signature = (*, request_cls, response_cls, foreign_send, others_ready, checkpoint))]
+    #[pyo3(signature = (*, request_cls, request_template, response_cls, foreign_send, others_ready, checkpoint))]
     fn new(
-        request_cls: Py<PyAny>,
-        response_cls: Py<PyAny>,
+        request_cls: Py<PyType>,
+        request_template: Option<Py<PyDict>>,
+        response_cls: Py<PyType>,
         foreign_send: Py<PyAny>,
         others_ready: Py<PyAny>,
         checkpoint: Py<PyAny>,
     ) -> Self {
-        Hooks { request_cls, response_cls, foreign_send, others_ready, checkpoint }
+        Hooks { request_cls, request_template, response_cls, foreign_send, others_ready, checkpoint }
     }
 }
 
@@ -190,6 +195,33 @@ impl Channel {
         Ok(())
     }
 
+    /// `send(message)`: the channel's pause when the app is being stepped here,
+    /// else the Python hook's awaitable.
+    pub fn send_message(slf: &Bound<'_, Self>, message: Py<PyAny>) -> PyResult<Sent> {
+        let py = slf.py();
+        let mut this = slf.borrow_mut();
+        if this.stepping && !this.is_response_sent() {
+            this.outbox = Some(message);
+            let pause = match &this.pause {
+                Some(pause) => {
+                    pause.borrow_mut(py).yielded = false;
+                    pause.clone_ref(py)
+                }
+                None => {
+                    let pause = Py::new(py, Pause { yielded: false })?;
+                    this.pause = Some(pause.clone_ref(py));
+                    pause
+                }
+            };
+            return Ok(Sent::Paused(pause));
+        }
+        // From another task, or after the response went out (then the Python
+        // side discards it, with a checkpoint so a sending loop stays cancellable).
+        let hook = this.dispatcher.get().hooks.get().foreign_send.clone_ref(py);
+        drop(this);
+        Ok(Sent::Other(hook.call1(py, (slf, message))?))
+    }
+
     /// Starts the downstream app: `app(scope, receive, channel)`, or straight
     /// into the inner layer when the app is one.
     pub fn start_app(slf: &Bound<'_, Self>) -> PyResult<()> {
@@ -215,6 +247,14 @@ fn is_http(scope: &Bound<'_, PyAny>) -> PyResult<bool> {
     Ok(scope.get_item(intern!(py, "type"))?.eq(intern!(py, "http"))?)
 }
 
+/// What `send` gave back.
+pub enum Sent {
+    /// The channel's pause: the driver above takes the message.
+    Paused(Py<Pause>),
+    /// Any other awaitable (the cross-task hand-off, a discarded send).
+    Other(Py<PyAny>),
+}
+
 #[pymethods]
 impl Channel {
     /// `call_next(request)`: the downstream app's response, returned as soon as
@@ -236,28 +276,10 @@ impl Channel {
 
     /// The channel is the `send` the downstream app is given.
     fn __call__(slf: &Bound<'_, Self>, message: Py<PyAny>) -> PyResult<Py<PyAny>> {
-        let py = slf.py();
-        let mut this = slf.borrow_mut();
-        if this.stepping && !this.is_response_sent() {
-            this.outbox = Some(message);
-            let pause = match &this.pause {
-                Some(pause) => {
-                    pause.borrow_mut(py).yielded = false;
-                    pause.clone_ref(py)
-                }
-                None => {
-                    let pause = Py::new(py, Pause { yielded: false })?;
-                    this.pause = Some(pause.clone_ref(py));
-                    pause
-                }
-            };
-            return Ok(pause.into_any());
-        }
-        // From another task, or after the response went out (then the Python
-        // side discards it, with a checkpoint so a sending loop stays cancellable).
-        let hook = this.dispatcher.get().hooks.get().foreign_send.clone_ref(py);
-        drop(this);
-        hook.call1(py, (slf, message))
+        Ok(match Channel::send_message(slf, message)? {
+            Sent::Paused(pause) => pause.into_any(),
+            Sent::Other(awaitable) => awaitable,
+        })
     }
 
     /// Async iteration over the response body, for `response.body_iterator`.

@@ -10,11 +10,12 @@
 
 use pyo3::exceptions::{PyGeneratorExit, PyRuntimeError, PyStopAsyncIteration, PyTypeError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList, PyString};
+use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyType};
 use pyo3::intern;
 
 use crate::coro::{exception_from_throw_args, resume, stop_iteration, Input, Step};
 use crate::dispatch::{Channel, State};
+use crate::objects::instantiate;
 
 /// What the middleware waits for from the downstream app.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -94,7 +95,7 @@ impl DriveCore {
                 None => return self.app_finished(channel),
             };
             channel.borrow_mut().stepping = true;
-            let stepped = resume(py, coro.bind(py), input);
+            let stepped = crate::layer::resume_app(py, coro.bind(py), input);
             channel.borrow_mut().stepping = false;
             match stepped {
                 Ok(Step::Yield(value)) if is_pause_of(channel, &value) => {
@@ -306,7 +307,7 @@ fn chain_like_starlette(py: Python<'_>, err: PyErr) -> PyResult<PyErr> {
 /// The response `call_next` returns: `response_cls` with the attributes its
 /// `__init__` would set, set directly (this runs once per request per layer).
 fn make_response(
-    cls: &Bound<'_, PyAny>,
+    cls: &Bound<'_, PyType>,
     channel: &Bound<'_, Channel>,
     message: &Bound<'_, PyAny>,
     info: Py<PyAny>,
@@ -317,14 +318,19 @@ fn make_response(
         Some(headers) => headers,
         None => PyList::empty(py).into_any(),
     };
-    let response = cls.call_method1(intern!(py, "__new__"), (cls,))?;
-    let attrs = response.getattr(intern!(py, "__dict__"))?.cast_into::<PyDict>()?;
-    attrs.set_item(intern!(py, "status_code"), status)?;
-    attrs.set_item(intern!(py, "raw_headers"), headers)?;
-    attrs.set_item(intern!(py, "body_iterator"), channel)?;
-    attrs.set_item(intern!(py, "info"), info)?;
-    attrs.set_item(intern!(py, "media_type"), py.None())?;
-    attrs.set_item(intern!(py, "background"), py.None())?;
+    let none = py.None().into_bound(py);
+    let response = instantiate(
+        cls,
+        &PyDict::new(py),
+        &[
+            (intern!(py, "status_code"), &status),
+            (intern!(py, "raw_headers"), &headers),
+            (intern!(py, "body_iterator"), channel.as_any()),
+            (intern!(py, "info"), info.bind(py)),
+            (intern!(py, "media_type"), &none),
+            (intern!(py, "background"), &none),
+        ],
+    )?;
     Ok(response.unbind())
 }
 

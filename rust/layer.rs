@@ -18,8 +18,9 @@ use pyo3::types::{PyDict, PyMapping};
 use pyo3::{ffi, intern};
 
 use crate::coro::{exception_from_throw_args, resume, stop_iteration, Input, Step};
-use crate::dispatch::{Channel, Dispatcher, Pause};
+use crate::dispatch::{Channel, Dispatcher, Pause, Sent};
 use crate::drive::{DriveCore, Goal, Outcome};
+use crate::objects::instantiate;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Phase {
@@ -51,6 +52,9 @@ enum Phase {
 enum Sub {
     /// A Python awaitable's iterator (dispatch, an outer send, a background task).
     Py(Py<PyAny>),
+    /// A send into an outer channel that is stepping us: yield its pause once,
+    /// then done. Handled here, so no Python call is made for it.
+    Pause { pause: Py<Pause>, yielded: bool },
     /// The downstream app, stepped in place by a drive core.
     App(DriveCore),
 }
@@ -120,6 +124,17 @@ impl RunLayer {
                     let iter = iter.clone_ref(py);
                     resume(py, iter.bind(py), input)
                 }
+                Some(Sub::Pause { pause, yielded }) => {
+                    if *yielded {
+                        match input {
+                            Input::Send(_) => Ok(Step::Return(py.None())),
+                            Input::Throw(err) => Err(err),
+                        }
+                    } else {
+                        *yielded = true;
+                        Ok(Step::Yield(pause.clone_ref(py).into_any()))
+                    }
+                }
                 Some(Sub::App(core)) => {
                     let channel = self.channel.as_ref().expect("channel exists after begin").bind(py);
                     match core.step(channel, input) {
@@ -168,7 +183,18 @@ impl RunLayer {
         let dispatcher = self.dispatcher.bind(py);
         let d = dispatcher.get();
         let hooks = d.hooks.get();
-        let request = hooks.request_cls.bind(py).call1((&self.scope, &self.receive, &self.send))?;
+        let request = match &hooks.request_template {
+            Some(template) => instantiate(
+                hooks.request_cls.bind(py),
+                template.bind(py),
+                &[
+                    (intern!(py, "scope"), self.scope.bind(py)),
+                    (intern!(py, "_receive"), self.receive.bind(py)),
+                    (intern!(py, "_send"), self.send.bind(py)),
+                ],
+            )?,
+            None => hooks.request_cls.bind(py).call1((&self.scope, &self.receive, &self.send))?,
+        };
         let downstream_receive = request.getattr(intern!(py, "downstream_receive"))?;
         let channel = Bound::new(
             py,
@@ -325,8 +351,14 @@ impl RunLayer {
     }
 
     fn await_send(&mut self, py: Python<'_>, message: &Bound<'_, PyAny>) -> PyResult<bool> {
-        let awaitable = self.send.bind(py).call1((message,))?;
-        self.sub = Some(Sub::Py(awaitable_iter(&awaitable)?));
+        let send = self.send.bind(py);
+        self.sub = Some(match send.cast::<Channel>() {
+            Ok(channel) => match Channel::send_message(channel, message.clone().unbind())? {
+                Sent::Paused(pause) => Sub::Pause { pause, yielded: false },
+                Sent::Other(awaitable) => Sub::Py(awaitable_iter(awaitable.bind(py))?),
+            },
+            Err(_) => Sub::Py(awaitable_iter(&send.call1((message,))?)?),
+        });
         Ok(true)
     }
 
@@ -363,6 +395,18 @@ impl RunLayer {
         self.sub = Some(Sub::App(DriveCore::new(Goal::Finish)));
         self.phase = Phase::Finish;
         Ok(true)
+    }
+}
+
+/// Resumes the downstream app: a ferroware layer directly, anything else as
+/// a coroutine.
+pub fn resume_app(py: Python<'_>, app: &Bound<'_, PyAny>, input: Input) -> PyResult<Step> {
+    match app.cast::<RunLayer>() {
+        Ok(layer) => Ok(match layer.borrow_mut().step(py, input)? {
+            Some(value) => Step::Yield(value),
+            None => Step::Return(py.None()),
+        }),
+        Err(_) => resume(py, app, input),
     }
 }
 

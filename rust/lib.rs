@@ -10,6 +10,7 @@ mod coro;
 mod dispatch;
 mod drive;
 mod layer;
+mod objects;
 
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {

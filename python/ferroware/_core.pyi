@@ -16,7 +16,8 @@ class Hooks:
     def __init__(
         self,
         *,
-        request_cls: Callable[[Scope, Receive, Send], Any],
+        request_cls: type,
+        request_template: dict[str, Any] | None,
         response_cls: type,
         foreign_send: Callable[[Channel, Message], Awaitable[None]],
         others_ready: Callable[[], bool],

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import math
 from contextlib import aclosing
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from anyio.lowlevel import checkpoint
 from starlette.requests import ClientDisconnect, Request
-from starlette.types import Message
+from starlette.types import Message, Scope
 
 from ferroware._handoff import Handoff
 
@@ -84,6 +84,25 @@ class DispatchRequest(Request):
             self._is_disconnected = True
             self._told_disconnect = True
         return message
+
+
+def request_template() -> dict[str, Any] | None:
+    """The ``__dict__`` a new ``DispatchRequest`` has, minus its three arguments,
+    so the compiled layer can build requests without running ``__init__``.
+
+    Checked against a real construction at import: if Starlette's ``Request``
+    ever stores more than its arguments and plain constants, this returns None
+    and the layer calls the class as usual.
+    """
+    scope: Scope = {"type": "http"}
+    receive, send = object(), object()
+    fields = dict(DispatchRequest(scope, receive, send).__dict__)  # type: ignore[arg-type]
+    given = {"scope": scope, "_receive": receive, "_send": send}
+    if any(fields.pop(name, None) is not value for name, value in given.items()):
+        return None
+    if not all(value is None or isinstance(value, (bool, int, str)) for value in fields.values()):
+        return None
+    return fields
 
 
 async def foreign_send(channel: Channel, message: Message) -> None:

@@ -10,7 +10,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ferroware._core import Dispatcher, Hooks
-from ferroware._request import DispatchRequest, foreign_send
+from ferroware._request import DispatchRequest, foreign_send, request_template
 from ferroware._response import CallNextResponse
 from ferroware._scheduling import others_ready
 
@@ -21,6 +21,7 @@ __all__ = ["BaseHTTPMiddleware", "DispatchFunction", "RequestResponseEndpoint"]
 
 HOOKS = Hooks(
     request_cls=DispatchRequest,
+    request_template=request_template(),
     response_cls=CallNextResponse,
     foreign_send=foreign_send,
     others_ready=others_ready,
