@@ -12,7 +12,7 @@
 //! final chunk, the exact messages Starlette's `call_next` response sends.
 //! Any other response is sent by calling it, as Starlette does.
 
-use pyo3::exceptions::{PyRuntimeError, PyStopAsyncIteration, PyTypeError};
+use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyMapping};
 use pyo3::{ffi, intern};
@@ -119,7 +119,7 @@ impl RunLayer {
             _ => {}
         }
         loop {
-            let stepped = match self.sub.as_mut() {
+            let stepped: PyResult<Step> = match self.sub.as_mut() {
                 Some(Sub::Py(iter)) => {
                     let iter = iter.clone_ref(py);
                     resume(py, iter.bind(py), input)
@@ -140,7 +140,24 @@ impl RunLayer {
                     match core.step(channel, input) {
                         Outcome::Yield(value) => Ok(Step::Yield(value)),
                         Outcome::Return(value) => Ok(Step::Return(value)),
-                        Outcome::End => Err(PyStopAsyncIteration::new_err(())),
+                        Outcome::End => {
+                            // The body is over: no exception object is made for it.
+                            self.sub = None;
+                            match self.body_ended(py) {
+                                Ok(true) => {
+                                    input = Input::none(py);
+                                    continue;
+                                }
+                                Ok(false) => {
+                                    self.end(py);
+                                    return Ok(None);
+                                }
+                                Err(err) => {
+                                    self.end(py);
+                                    return Err(err);
+                                }
+                            }
+                        }
                         Outcome::Raise(err) => Err(err),
                     }
                 }
@@ -259,17 +276,6 @@ impl RunLayer {
     /// The awaited sub-step raised `err`.
     fn on_error(&mut self, py: Python<'_>, err: PyErr) -> PyResult<bool> {
         match self.phase {
-            Phase::NextChunk if err.is_instance_of::<PyStopAsyncIteration>(py) => {
-                if self.pathsend {
-                    return self.background(py);
-                }
-                let message = PyDict::new(py);
-                message.set_item(intern!(py, "type"), intern!(py, "http.response.body"))?;
-                message.set_item(intern!(py, "body"), pyo3::types::PyBytes::new(py, b""))?;
-                message.set_item(intern!(py, "more_body"), false)?;
-                self.phase = Phase::SendFinal;
-                self.await_send(py, message.as_any())
-            }
             Phase::Dispatch
             | Phase::Respond
             | Phase::SendHead
@@ -293,6 +299,19 @@ impl RunLayer {
             }
             Phase::Checkpoint | Phase::Finish | Phase::Begin | Phase::Done => Err(err),
         }
+    }
+
+    /// The app's body is over: send the empty final chunk (none after a pathsend).
+    fn body_ended(&mut self, py: Python<'_>) -> PyResult<bool> {
+        if self.pathsend {
+            return self.background(py);
+        }
+        let message = PyDict::new(py);
+        message.set_item(intern!(py, "type"), intern!(py, "http.response.body"))?;
+        message.set_item(intern!(py, "body"), pyo3::types::PyBytes::new(py, b""))?;
+        message.set_item(intern!(py, "more_body"), false)?;
+        self.phase = Phase::SendFinal;
+        self.await_send(py, message.as_any())
     }
 
     fn channel(&self) -> &Py<Channel> {
