@@ -11,7 +11,7 @@
 use pyo3::exceptions::{PyGeneratorExit, PyRuntimeError, PyStopAsyncIteration, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyType};
-use pyo3::intern;
+use pyo3::{ffi, intern};
 
 use crate::coro::{exception_from_throw_args, resume, stop_iteration, Input, Step};
 use crate::dispatch::{Channel, State};
@@ -387,15 +387,19 @@ impl Drive {
         Drive { channel: channel.clone().unbind(), core: DriveCore::new(goal), done: false }
     }
 
-    fn step(&mut self, py: Python<'_>, input: Input) -> PyResult<Option<Py<PyAny>>> {
+    fn advance(&mut self, py: Python<'_>, input: Input) -> Outcome {
         if self.done {
-            return Err(PyRuntimeError::new_err("cannot reuse already awaited ferroware awaitable"));
+            return Outcome::Raise(PyRuntimeError::new_err("cannot reuse already awaited ferroware awaitable"));
         }
         let outcome = self.core.step(self.channel.bind(py), input);
         if !matches!(outcome, Outcome::Yield(_)) {
             self.done = true;
         }
-        match outcome {
+        outcome
+    }
+
+    fn step(&mut self, py: Python<'_>, input: Input) -> PyResult<Option<Py<PyAny>>> {
+        match self.advance(py, input) {
             Outcome::Yield(value) => Ok(Some(value)),
             Outcome::Return(value) if value.is_none(py) => Ok(None),
             Outcome::Return(value) => Err(stop_iteration(py, value)),
@@ -457,7 +461,74 @@ impl Drive {
     }
 }
 
+/// `am_send` for `Drive`. CPython's `await` resumes an awaitable through
+/// `PyIter_Send`, which uses this slot when a type has it: the result of
+/// `call_next` then comes back as a return value, with no StopIteration object
+/// made per request. PyO3 has no way to declare the slot, so `init` sets it on
+/// the type it created.
+unsafe extern "C" fn drive_am_send(
+    iter: *mut ffi::PyObject,
+    value: *mut ffi::PyObject,
+    result: *mut *mut ffi::PyObject,
+) -> ffi::PySendResult {
+    // SAFETY: CPython calls slots with the GIL held and live arguments.
+    let py = unsafe { Python::assume_attached() };
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let any = unsafe { Bound::from_borrowed_ptr(py, iter) };
+        let drive = any.cast::<Drive>().map_err(PyErr::from)?;
+        let mut drive = drive.try_borrow_mut()?;
+        let input = if value.is_null() {
+            Input::none(py)
+        } else {
+            Input::Send(unsafe { Bound::from_borrowed_ptr(py, value) }.unbind())
+        };
+        Ok::<Outcome, PyErr>(drive.advance(py, input))
+    }));
+    let outcome = match outcome {
+        Ok(Ok(outcome)) => outcome,
+        Ok(Err(err)) => Outcome::Raise(err),
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "panic in ferroware's dispatcher".to_string());
+            Outcome::Raise(pyo3::panic::PanicException::new_err(message))
+        }
+    };
+    match outcome {
+        Outcome::Yield(value) => {
+            unsafe { *result = value.into_ptr() };
+            ffi::PySendResult::PYGEN_NEXT
+        }
+        Outcome::Return(value) => {
+            unsafe { *result = value.into_ptr() };
+            ffi::PySendResult::PYGEN_RETURN
+        }
+        Outcome::End => {
+            PyStopAsyncIteration::new_err(()).restore(py);
+            unsafe { *result = std::ptr::null_mut() };
+            ffi::PySendResult::PYGEN_ERROR
+        }
+        Outcome::Raise(err) => {
+            err.restore(py);
+            unsafe { *result = std::ptr::null_mut() };
+            ffi::PySendResult::PYGEN_ERROR
+        }
+    }
+}
+
 pub fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Drive>()?;
+    let tp = m.py().get_type::<Drive>().as_type_ptr();
+    // SAFETY: a heap type PyO3 just created with an `__await__`, so its
+    // `tp_as_async` points at its own (writable) async-methods struct.
+    unsafe {
+        let methods = (*tp).tp_as_async;
+        if !methods.is_null() {
+            (*methods).am_send = Some(drive_am_send);
+            ffi::PyType_Modified(tp);
+        }
+    }
     Ok(())
 }
