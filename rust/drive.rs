@@ -293,12 +293,18 @@ fn is_pause_of(channel: &Bound<'_, Channel>, value: &Py<PyAny>) -> bool {
 /// `anyio.EndOfStream`, suppressed so tracebacks stay clean.
 fn chain_like_starlette(py: Python<'_>, err: PyErr) -> PyResult<PyErr> {
     let exc = err.value(py);
+    let end_of_stream = py.import(intern!(py, "anyio"))?.getattr(intern!(py, "EndOfStream"))?;
+    let context = exc.getattr(intern!(py, "__context__"))?;
+    if exc.getattr(intern!(py, "__suppress_context__"))?.is_truthy()? && context.is_instance(&end_of_stream)? {
+        // Chained already, by the layer below: a second layer must not promote
+        // that marker to a cause.
+        return Ok(err);
+    }
     let cause = match exc.getattr(intern!(py, "__cause__"))? {
-        c if c.is_none() => exc.getattr(intern!(py, "__context__"))?,
+        c if c.is_none() => context,
         c => c,
     };
-    let end_of_stream = py.import(intern!(py, "anyio"))?.getattr(intern!(py, "EndOfStream"))?.call0()?;
-    exc.setattr(intern!(py, "__context__"), end_of_stream)?;
+    exc.setattr(intern!(py, "__context__"), end_of_stream.call0()?)?;
     exc.setattr(intern!(py, "__cause__"), cause)?;
     exc.setattr(intern!(py, "__suppress_context__"), true)?;
     Ok(err)

@@ -17,7 +17,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyMapping};
 use pyo3::{ffi, intern};
 
-use crate::coro::{exception_from_throw_args, resume, stop_iteration, Input, Step};
+use crate::coro::{self, exception_from_throw_args, resume, stop_iteration, Input};
 use crate::dispatch::{Channel, Dispatcher, Pause, Sent};
 use crate::drive::{DriveCore, Goal, Outcome};
 use crate::objects::instantiate;
@@ -46,6 +46,14 @@ enum Phase {
     /// Awaiting the app's unwinding after `dispatch` or the response failed.
     Abort,
     Done,
+}
+
+/// How a sub-step ended, as the layer sees it.
+enum Step {
+    Yield(Py<PyAny>),
+    Return(Py<PyAny>),
+    /// The app's body is over.
+    BodyEnd,
 }
 
 /// What the layer awaits right now.
@@ -122,7 +130,7 @@ impl RunLayer {
             let stepped: PyResult<Step> = match self.sub.as_mut() {
                 Some(Sub::Py(iter)) => {
                     let iter = iter.clone_ref(py);
-                    resume(py, iter.bind(py), input)
+                    resume(py, iter.bind(py), input).map(Step::from)
                 }
                 Some(Sub::Pause { pause, yielded }) => {
                     if *yielded {
@@ -140,40 +148,31 @@ impl RunLayer {
                     match core.step(channel, input) {
                         Outcome::Yield(value) => Ok(Step::Yield(value)),
                         Outcome::Return(value) => Ok(Step::Return(value)),
-                        Outcome::End => {
-                            // The body is over: no exception object is made for it.
-                            self.sub = None;
-                            match self.body_ended(py) {
-                                Ok(true) => {
-                                    input = Input::none(py);
-                                    continue;
-                                }
-                                Ok(false) => {
-                                    self.end(py);
-                                    return Ok(None);
-                                }
-                                Err(err) => {
-                                    self.end(py);
-                                    return Err(err);
-                                }
-                            }
-                        }
+                        // The body is over: no exception object is made for it.
+                        Outcome::End => Ok(Step::BodyEnd),
                         Outcome::Raise(err) => Err(err),
                     }
                 }
                 None => Err(PyRuntimeError::new_err("ferroware: layer lost its place")),
             };
+            // What the finished sub-step leads to; an error in that work is
+            // handled like one from the sub-step (the app gets unwound).
             let outcome = match stepped {
                 Ok(Step::Yield(value)) => return Ok(Some(value)),
                 Ok(Step::Return(value)) => {
                     self.sub = None;
                     self.advance(py, value)
                 }
+                Ok(Step::BodyEnd) => {
+                    self.sub = None;
+                    self.body_ended(py)
+                }
                 Err(err) => {
                     self.sub = None;
-                    self.on_error(py, err)
+                    Err(err)
                 }
-            };
+            }
+            .or_else(|err| self.on_error(py, err));
             match outcome {
                 Ok(true) => input = Input::none(py),
                 Ok(false) => {
@@ -419,13 +418,22 @@ impl RunLayer {
 
 /// Resumes the downstream app: a ferroware layer directly, anything else as
 /// a coroutine.
-pub fn resume_app(py: Python<'_>, app: &Bound<'_, PyAny>, input: Input) -> PyResult<Step> {
+pub fn resume_app(py: Python<'_>, app: &Bound<'_, PyAny>, input: Input) -> PyResult<coro::Step> {
     match app.cast::<RunLayer>() {
         Ok(layer) => Ok(match layer.borrow_mut().step(py, input)? {
-            Some(value) => Step::Yield(value),
-            None => Step::Return(py.None()),
+            Some(value) => coro::Step::Yield(value),
+            None => coro::Step::Return(py.None()),
         }),
         Err(_) => resume(py, app, input),
+    }
+}
+
+impl From<coro::Step> for Step {
+    fn from(step: coro::Step) -> Self {
+        match step {
+            coro::Step::Yield(value) => Step::Yield(value),
+            coro::Step::Return(value) => Step::Return(value),
+        }
     }
 }
 

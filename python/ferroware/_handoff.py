@@ -3,11 +3,16 @@
 The compiled dispatcher pauses the downstream app inside ``send`` when that
 ``send`` runs in the task the dispatcher is stepping. Starlette's own
 ``StreamingResponse`` and ``FileResponse`` (on servers older than ASGI spec 2.4)
-send from a child task instead, while the app's main task waits in ``receive``
-for a disconnect. Such a send is parked here, the waiting ``receive`` is woken,
-and it relays the message through the channel from inside the stepped task, so
-the dispatcher sees it exactly like a direct send. The child task resumes once
-the dispatcher has taken the message: backpressure is kept, nothing is buffered.
+send from a child task instead, while the app's main task waits in ``receive``.
+
+Such a send is parked here and the main task's wait is interrupted: every
+server ``receive`` made for the downstream app runs inside a cancel scope
+registered here (see ``ServerReceive``), which a parked send cancels. The main
+task then relays the parked message through the channel from inside the
+stepped task, so the dispatcher sees it exactly like a direct send, and goes
+back to waiting. The sending task resumes once the dispatcher took the
+message: backpressure is kept, nothing is buffered, and no helper task is ever
+started.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from starlette.types import Message, Receive
 if TYPE_CHECKING:
     from ferroware._core import Channel
 
+_DISCONNECT: Message = {"type": "http.disconnect"}
+
 
 class _Parked:
     """One message from another task, and the event its sender waits on."""
@@ -35,66 +42,17 @@ class _Parked:
 
 
 class Handoff:
-    """Per-request meeting point between foreign senders and the waiting receive."""
+    """Per-request meeting point between foreign senders and waiting receives."""
 
-    __slots__ = ("_parked", "_wake", "closed")
+    __slots__ = ("_parked", "_relaying_wait", "_other_waits", "closed")
 
     def __init__(self) -> None:
         self._parked: deque[_Parked] = deque()
-        self._wake: anyio.Event | None = None
+        # The server receive the stepped task waits in (it can relay), and the
+        # ones other tasks wait in (woken only when the response is done).
+        self._relaying_wait: anyio.CancelScope | None = None
+        self._other_waits: set[anyio.CancelScope] = set()
         self.closed = False
-
-    async def send(self, message: Message) -> None:
-        """Called in the foreign task: park the message until the dispatcher took it."""
-        parked = _Parked(message)
-        self._parked.append(parked)
-        self._notify()
-        await parked.taken.wait()
-        if parked.error is not None:
-            raise parked.error
-
-    def close(self) -> None:
-        """The response went out (or was dropped): release every parked sender."""
-        self.closed = True
-        while self._parked:
-            self._parked.popleft().taken.set()
-        self._notify()
-
-    def has_parked(self) -> bool:
-        return bool(self._parked)
-
-    async def relay(self, channel: Channel) -> None:
-        """Called inside the stepped task: pass the oldest parked message on."""
-        parked = self._parked.popleft()
-        try:
-            await channel(parked.message)
-        except Exception as exc:  # a protocol error belongs to the sender
-            parked.error = exc
-        finally:
-            parked.taken.set()
-
-    async def receive_or_wake(self, receive: Receive) -> Message | None:
-        """The next message from ``receive``, or None when a send was parked
-        (or the handoff closed) first."""
-        if self._parked or self.closed:
-            return None
-        wake = self._wake
-        if wake is None:
-            wake = self._wake = anyio.Event()
-        message: Message | None = None
-
-        async def pump() -> None:
-            nonlocal message
-            message = await receive()
-            wake.set()
-
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(pump)
-            await wake.wait()
-            tg.cancel_scope.cancel()
-        if self._wake is wake:
-            self._wake = None
-        return message
 
     @staticmethod
     def of(channel: Channel) -> Handoff:
@@ -105,7 +63,67 @@ class Handoff:
             handoff = channel.handoff = Handoff()
         return handoff
 
-    def _notify(self) -> None:
-        wake, self._wake = self._wake, None
-        if wake is not None:
-            wake.set()
+    async def send(self, message: Message) -> None:
+        """Called in the foreign task: park the message until the dispatcher took it."""
+        parked = _Parked(message)
+        self._parked.append(parked)
+        if self._relaying_wait is not None:
+            self._relaying_wait.cancel()
+        await parked.taken.wait()
+        if parked.error is not None:
+            raise parked.error
+
+    def close(self) -> None:
+        """The response went out (or failed): release parked senders, wake waiters."""
+        self.closed = True
+        while self._parked:
+            self._parked.popleft().taken.set()
+        for scope in [self._relaying_wait, *self._other_waits]:
+            if scope is not None:
+                scope.cancel()
+
+    async def relay_parked(self, channel: Channel) -> None:
+        """In the stepped task: pass every parked message on, oldest first."""
+        while self._parked and channel.stepping:
+            parked = self._parked.popleft()
+            try:
+                await channel(parked.message)
+            except Exception as exc:  # a protocol error belongs to its sender
+                parked.error = exc
+            finally:
+                parked.taken.set()
+
+
+class ServerReceive:
+    """The server's ``receive`` as the downstream side uses it: interruptible by
+    a parked send (to relay it) and by the end of the response (after which
+    the app only ever sees a disconnect, as with Starlette)."""
+
+    __slots__ = ("channel", "receive")
+
+    def __init__(self, channel: Channel, receive: Receive) -> None:
+        self.channel = channel
+        self.receive = receive
+
+    async def __call__(self) -> Message:
+        channel = self.channel
+        handoff = Handoff.of(channel)
+        while True:
+            if channel.stepping:
+                await handoff.relay_parked(channel)
+            if channel.response_sent:
+                return dict(_DISCONNECT)
+            with anyio.CancelScope() as scope:
+                relaying = channel.stepping
+                if relaying:
+                    handoff._relaying_wait = scope
+                else:
+                    handoff._other_waits.add(scope)
+                try:
+                    return await self.receive()
+                finally:
+                    if relaying:
+                        handoff._relaying_wait = None
+                    else:
+                        handoff._other_waits.discard(scope)
+            # Interrupted by a parked send or by the response's end: go round.

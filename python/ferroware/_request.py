@@ -9,7 +9,6 @@ disconnect (reported at once after the response went out).
 
 from __future__ import annotations
 
-import math
 from contextlib import aclosing
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +17,7 @@ from anyio.lowlevel import checkpoint
 from starlette.requests import ClientDisconnect, Request
 from starlette.types import Message, Scope
 
-from ferroware._handoff import Handoff
+from ferroware._handoff import Handoff, ServerReceive
 
 if TYPE_CHECKING:
     from ferroware._core import Channel
@@ -41,8 +40,17 @@ class DispatchRequest(Request):
         channel = self.channel
         if self._told_disconnect or channel.response_sent:
             return {"type": "http.disconnect"}
+        if not isinstance(self._receive, ServerReceive):
+            # From now on the app may be waiting in the server's receive while
+            # its own child task sends: make that wait interruptible (see
+            # ferroware._handoff). Made here, on first use, so a request whose
+            # body nobody reads pays nothing for it.
+            self._receive = ServerReceive(channel, self._receive)
         if self._delivered:
-            return await self._wait_for_disconnect()
+            if self._is_disconnected:  # dispatch already saw the client go
+                self._told_disconnect = True
+                return {"type": "http.disconnect"}
+            return self._seen(await self._receive())
         if hasattr(self, "_body"):  # dispatch awaited body(): replay it whole
             self._delivered = True
             return {"type": "http.request", "body": self._body, "more_body": False}
@@ -58,31 +66,12 @@ class DispatchRequest(Request):
         self._delivered = self._stream_consumed
         return {"type": "http.request", "body": chunk, "more_body": not self._stream_consumed}
 
-    async def _wait_for_disconnect(self) -> Message:
-        if self._is_disconnected:
-            self._told_disconnect = True
-            return {"type": "http.disconnect"}
-        channel = self.channel
-        if anyio.current_effective_deadline() == -math.inf:
-            # A poll inside a cancelled scope (`request.is_disconnected()`):
-            # ask the server directly, so a disconnect that is already there is seen.
-            return self._seen(await self.receive())
-        handoff = Handoff.of(channel)
-        while True:
-            if channel.response_sent:
-                self._told_disconnect = True
-                return {"type": "http.disconnect"}
-            if handoff.has_parked() and channel.stepping:
-                await handoff.relay(channel)
-                continue
-            message = await handoff.receive_or_wake(self.receive)
-            if message is not None:
-                return self._seen(message)
-
     def _seen(self, message: Message) -> Message:
         if message["type"] == "http.disconnect":
             self._is_disconnected = True
             self._told_disconnect = True
+        elif message["type"] != "http.request":  # pragma: no cover - a server bug
+            raise RuntimeError(f"Unexpected message received: {message['type']}")
         return message
 
 
