@@ -5,7 +5,7 @@
 //! awaitables lends us its own task; we step the coroutine with `send`/`throw`
 //! and pass whatever it yields (asyncio futures, trio traps) straight up.
 
-use pyo3::exceptions::{PyStopIteration, PyTypeError};
+use pyo3::exceptions::PyStopIteration;
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyTuple, PyType};
@@ -85,11 +85,8 @@ pub fn exception_from_throw_args(
     if let Some(tb) = tb.filter(|t| !t.is_none()) {
         exc.setattr(intern!(py, "__traceback__"), tb)?;
     }
-    let err = PyErr::from_value(exc);
-    if !err.get_type(py).is_subclass_of::<pyo3::exceptions::PyBaseException>()? {
-        return Err(PyTypeError::new_err("exceptions must derive from BaseException"));
-    }
-    Ok(err)
+    // `from_value` turns a non-exception into the TypeError Python raises for it.
+    Ok(PyErr::from_value(exc))
 }
 
 /// The value carried by a `StopIteration`, as the error that finishes an awaitable.
@@ -151,5 +148,71 @@ impl Ready {
 
     fn close(&mut self) {
         self.value = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pyo3::exceptions::{PyKeyError, PyValueError};
+    use pyo3::types::PyDict;
+
+    fn generator<'py>(py: Python<'py>, source: &str) -> Bound<'py, PyAny> {
+        let globals = PyDict::new(py);
+        py.run(&std::ffi::CString::new(source).unwrap(), Some(&globals), None).unwrap();
+        globals.get_item("gen").unwrap().unwrap().call0().unwrap()
+    }
+
+    #[test]
+    fn resume_reports_yields_returns_and_errors() {
+        Python::initialize();
+        Python::attach(|py| {
+            let gen = generator(py, "def gen():\n    got = yield 1\n    return got * 2\n");
+            match resume(py, &gen, Input::none(py)).unwrap() {
+                Step::Yield(v) => assert_eq!(v.extract::<i64>(py).unwrap(), 1),
+                Step::Return(_) => panic!("expected a yield"),
+            }
+            let sent = 21i64.into_pyobject(py).unwrap().into_any().unbind();
+            match resume(py, &gen, Input::Send(sent)).unwrap() {
+                Step::Return(v) => assert_eq!(v.extract::<i64>(py).unwrap(), 42),
+                Step::Yield(_) => panic!("expected a return"),
+            }
+            let gen = generator(py, "def gen():\n    yield 1\n");
+            resume(py, &gen, Input::none(py)).unwrap();
+            let err = resume(py, &gen, Input::Throw(PyValueError::new_err("thrown"))).err().unwrap();
+            assert!(err.is_instance_of::<PyValueError>(py));
+        });
+    }
+
+    #[test]
+    fn throw_returns_the_value_of_a_generator_that_catches() {
+        Python::initialize();
+        Python::attach(|py| {
+            let gen = generator(py, "def gen():\n    try:\n        yield 1\n    except KeyError:\n        return 'caught'\n");
+            resume(py, &gen, Input::none(py)).unwrap();
+            match resume(py, &gen, Input::Throw(PyKeyError::new_err("k"))).unwrap() {
+                Step::Return(v) => assert_eq!(v.extract::<String>(py).unwrap(), "caught"),
+                Step::Yield(_) => panic!("expected a return"),
+            }
+        });
+    }
+
+    #[test]
+    fn throw_arguments_in_all_three_forms() {
+        Python::initialize();
+        Python::attach(|py| {
+            let cls = py.get_type::<PyValueError>();
+            let from_class = exception_from_throw_args(py, cls.as_any(), None, None).unwrap();
+            assert!(from_class.is_instance_of::<PyValueError>(py));
+            let instance = PyValueError::new_err("x").into_value(py).into_bound(py).into_any();
+            let from_instance = exception_from_throw_args(py, &instance, None, None).unwrap();
+            assert!(from_instance.value(py).is(&instance));
+            let arg = "message".into_pyobject(py).unwrap().into_any();
+            let from_pair = exception_from_throw_args(py, cls.as_any(), Some(&arg), None).unwrap();
+            assert_eq!(from_pair.value(py).str().unwrap().to_string(), "message");
+            let not_an_exception = 5i64.into_pyobject(py).unwrap().into_any();
+            let thrown = exception_from_throw_args(py, &not_an_exception, None, None).unwrap();
+            assert!(thrown.is_instance_of::<pyo3::exceptions::PyTypeError>(py));
+        });
     }
 }

@@ -8,8 +8,10 @@ venv="${FERROWARE_TEST_VENV:-.venv-test}"
 python3 -m venv "$venv"
 "$venv/bin/python" -m pip install --quiet --upgrade pip
 # A release build: the tests exercise the same extension users get.
-"$venv/bin/python" -m pip install --quiet ".[test]"
+"$venv/bin/python" -m pip install --quiet ".[test]" "maturin>=1.9.4,<2"
 cargo test --quiet
+# The wheel users get, in a clean environment with nothing else installed.
+bash scripts/check_wheel.sh "$venv"
 # The repository root has no importable `ferroware` (the package lives in
 # python/), so this tests the installed build.
 "$venv/bin/python" -m pytest "$@"
