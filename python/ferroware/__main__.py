@@ -30,11 +30,15 @@ def _bench_command(args: argparse.Namespace) -> int:
 
     print(
         f"ferroware {ferroware.__version__}, starlette {starlette.__version__}, "
-        f"Python {platform.python_version()}: a layer that sets one response header",
+        f"Python {platform.python_version()}: a layer that sets one response header, on {args.framework}",
         file=sys.stderr,
     )
     results = _bench.measure(
-        layer_counts=layer_counts, requests=args.requests, rounds=args.rounds, on_progress=progress
+        layer_counts=layer_counts,
+        framework=args.framework,
+        requests=args.requests,
+        rounds=args.rounds,
+        on_progress=progress,
     )
     print(file=sys.stderr)
     per_layer = {impl: _bench.per_layer_cost(results, impl) for impl in _bench.IMPLEMENTATIONS}
@@ -45,10 +49,11 @@ def _bench_command(args: argparse.Namespace) -> int:
         print(f"{impl:<16}{cells}{per_layer[impl] * 1e6:>10.2f}us")
     ferro = per_layer["ferroware"]
     print()
-    print(f"ferroware per layer: {per_layer['stock'] / ferro:.1f}x cheaper than stock Starlette, "
+    print(f"ferroware per layer: {per_layer['stock'] / ferro:.1f}x cheaper than stock {args.framework}, "
           f"{ferro / per_layer['pure']:.2f}x the cost of hand-written pure ASGI")
     if args.json:
         payload = {
+            "framework": args.framework,
             "versions": {
                 "ferroware": ferroware.__version__,
                 "starlette": starlette.__version__,
@@ -72,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--layers", type=int, nargs="+", default=[0, 1, 5, 10], help="layer counts to measure")
     bench.add_argument("--requests", type=int, default=400, help="requests per round (stock uses 1/20)")
     bench.add_argument("--rounds", type=int, default=7, help="rounds per case; the best is kept")
+    bench.add_argument("--framework", choices=_bench.FRAMEWORKS, default="fastapi", help="the app the layers wrap")
     bench.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
     args = parser.parse_args(argv)
     if args.command == "bench":

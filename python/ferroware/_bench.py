@@ -1,11 +1,13 @@
 """The in-process comparison behind ``ferroware bench`` and ``benches/``.
 
 Three implementations of the same middleware, a layer that sets one response
-header, stacked 0..N deep in front of the same Starlette app:
+header, stacked 0..N deep in front of the same hello-world app (FastAPI, or
+Starlette):
 
-- ``stock``: Starlette's ``BaseHTTPMiddleware`` (what ``@app.middleware`` uses),
+- ``stock``: ``@app.middleware("http")`` on the stock app (Starlette's
+  ``BaseHTTPMiddleware`` underneath),
 - ``pure``: a hand-written pure-ASGI layer doing the same edit,
-- ``ferroware``: ferroware's ``BaseHTTPMiddleware``.
+- ``ferroware``: ``@app.middleware("http")`` on ferroware's app class.
 
 Requests are batched inside one coroutine (a loop round-trip per request would
 swamp the signal) and each gets fresh scope and message dicts, so header edits
@@ -21,13 +23,13 @@ from dataclasses import dataclass
 
 from starlette.applications import Starlette
 from starlette.datastructures import MutableHeaders
-from starlette.middleware import Middleware
 from starlette.middleware.base import BaseHTTPMiddleware as StockBaseHTTPMiddleware
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+import ferroware
 from ferroware.base import BaseHTTPMiddleware
 
 IMPLEMENTATIONS = ("stock", "pure", "ferroware")
@@ -62,18 +64,34 @@ class PureHeaderMiddleware:
         await self.app(scope, receive, send_with_header)
 
 
-def build_app(implementation: str, layers: int) -> Starlette:
-    """A Starlette hello-world app behind ``layers`` header-setting layers."""
-    layer: Middleware
-    if implementation == "stock":
-        layer = Middleware(StockBaseHTTPMiddleware, dispatch=set_header)
-    elif implementation == "pure":
-        layer = Middleware(PureHeaderMiddleware)
-    elif implementation == "ferroware":
-        layer = Middleware(BaseHTTPMiddleware, dispatch=set_header)
-    else:
+FRAMEWORKS = ("fastapi", "starlette")
+
+
+def build_app(implementation: str, layers: int, framework: str = "fastapi") -> ASGIApp:
+    """A hello-world app behind ``layers`` header-setting layers."""
+    if implementation not in IMPLEMENTATIONS:
         raise ValueError(f"unknown implementation {implementation!r}; expected one of {IMPLEMENTATIONS}")
-    return Starlette(routes=[Route("/", _hello)], middleware=[layer] * layers)
+    if framework == "fastapi":
+        import fastapi  # an optional extra: only needed here
+
+        cls = ferroware.FastAPI if implementation == "ferroware" else fastapi.FastAPI
+        app = cls(openapi_url=None, docs_url=None, redoc_url=None)
+        app.get("/")(_hello)
+    elif framework == "starlette":
+        cls = ferroware.Starlette if implementation == "ferroware" else Starlette
+        app = cls(routes=[Route("/", _hello)])
+    else:
+        raise ValueError(f"unknown framework {framework!r}; expected one of {FRAMEWORKS}")
+    for _ in range(layers):
+        if implementation == "pure":
+            app.add_middleware(PureHeaderMiddleware)
+        elif framework == "fastapi":
+            app.middleware("http")(set_header)
+        else:  # Starlette 1.x has no decorator: what it expands to
+            app.add_middleware(
+                BaseHTTPMiddleware if implementation == "ferroware" else StockBaseHTTPMiddleware, dispatch=set_header
+            )
+    return app
 
 
 async def _receive() -> Message:
@@ -125,6 +143,7 @@ def measure(
     implementations: Iterable[str] = IMPLEMENTATIONS,
     layer_counts: Iterable[int] = (0, 10),
     *,
+    framework: str = "fastapi",
     requests: int = 500,
     rounds: int = 7,
     on_progress: Callable[[], None] | None = None,
@@ -134,7 +153,7 @@ def measure(
     Rounds are interleaved across the cases, so a noisy moment on a shared
     machine hits all of them alike rather than one.
     """
-    cases = [(impl, n, build_app(impl, n)) for impl in implementations for n in layer_counts]
+    cases = [(impl, n, build_app(impl, n, framework)) for impl in implementations for n in layer_counts]
     loop = asyncio.new_event_loop()
     try:
         best: dict[tuple[str, int], float] = {}
