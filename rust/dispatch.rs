@@ -21,6 +21,7 @@ use pyo3::{intern, IntoPyObjectExt};
 use crate::coro::{exception_from_throw_args, Ready};
 use crate::drive::{Drive, Goal};
 use crate::layer::RunLayer;
+use crate::message::Message;
 
 /// Where the request stands, from the middleware's side.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -132,7 +133,7 @@ pub struct Channel {
     /// True while a driver is inside `coro.send/throw`: a `send` made now comes
     /// from the coroutine being stepped, in our task.
     pub(crate) stepping: bool,
-    pub(crate) outbox: Option<Py<PyAny>>,
+    pub(crate) outbox: Option<Message>,
     pub(crate) state: State,
     pub(crate) info: Option<Py<PyAny>>,
     /// An app error raised after the response started, re-raised by `finish`.
@@ -197,7 +198,7 @@ impl Channel {
 
     /// `send(message)`: the channel's pause when the app is being stepped here,
     /// else the Python hook's awaitable.
-    pub fn send_message(slf: &Bound<'_, Self>, message: Py<PyAny>) -> PyResult<Sent> {
+    pub fn send_message(slf: &Bound<'_, Self>, message: Message) -> PyResult<Sent> {
         let py = slf.py();
         let mut this = slf.borrow_mut();
         if this.stepping && !this.is_response_sent() {
@@ -219,7 +220,7 @@ impl Channel {
         // side discards it, with a checkpoint so a sending loop stays cancellable).
         let hook = this.dispatcher.get().hooks.get().foreign_send.clone_ref(py);
         drop(this);
-        Ok(Sent::Other(hook.call1(py, (slf, message))?))
+        Ok(Sent::Other(hook.call1(py, (slf, message.into_asgi(py)?))?))
     }
 
     /// Starts the downstream app: `app(scope, receive, channel)`, or straight
@@ -276,7 +277,7 @@ impl Channel {
 
     /// The channel is the `send` the downstream app is given.
     fn __call__(slf: &Bound<'_, Self>, message: Py<PyAny>) -> PyResult<Py<PyAny>> {
-        Ok(match Channel::send_message(slf, message)? {
+        Ok(match Channel::send_message(slf, Message::Asgi(message))? {
             Sent::Paused(pause) => pause.into_any(),
             Sent::Other(awaitable) => awaitable,
         })

@@ -8,13 +8,14 @@
 //! embeds cores directly; `Drive` wraps one as a Python awaitable for
 //! `await call_next(...)` and `async for chunk in response.body_iterator`.
 
-use pyo3::exceptions::{PyGeneratorExit, PyRuntimeError, PyStopAsyncIteration, PyTypeError};
+use pyo3::exceptions::{PyGeneratorExit, PyRuntimeError, PyStopAsyncIteration};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyType};
+use pyo3::types::{PyDict, PyType};
 use pyo3::{ffi, intern};
 
 use crate::coro::{exception_from_throw_args, resume, stop_iteration, Input, Step};
 use crate::dispatch::{Channel, State};
+use crate::message::{Kind, Message};
 use crate::objects::instantiate;
 
 /// What the middleware waits for from the downstream app.
@@ -101,7 +102,7 @@ impl DriveCore {
                 Ok(Step::Yield(value)) if is_pause_of(channel, &value) => {
                     let message = channel.borrow_mut().outbox.take();
                     let next = match message {
-                        Some(message) => self.on_message(channel, message.bind(py)),
+                        Some(message) => self.on_message(channel, message),
                         None => Err(PyRuntimeError::new_err("ferroware: a pause without a message")),
                     };
                     input = match next {
@@ -167,56 +168,66 @@ impl DriveCore {
     }
 
     /// The app sent `message` from inside our stepping.
-    fn on_message(&mut self, channel: &Bound<'_, Channel>, message: &Bound<'_, PyAny>) -> PyResult<Next> {
+    fn on_message(&mut self, channel: &Bound<'_, Channel>, message: Message) -> PyResult<Next> {
         let py = channel.py();
-        let kind = message_type(message)?;
-        let kind = kind.to_str()?;
+        let kind = message.kind(py)?;
         match self.goal {
             Goal::Start => match kind {
-                "http.response.start" => {
+                Kind::Start { status, headers } => {
                     let (info, cls) = {
                         let mut this = channel.borrow_mut();
                         this.state = State::Started;
                         let info = this.info.take().unwrap_or_else(|| py.None());
                         (info, this.dispatcher.get().hooks.get().response_cls.clone_ref(py))
                     };
-                    Ok(Next::Settle(match make_response(cls.bind(py), channel, message, info) {
+                    Ok(Next::Settle(match make_response(cls.bind(py), channel, &status, &headers, info) {
                         Ok(response) => Outcome::Return(response),
                         Err(err) => Outcome::Raise(err),
                     }))
                 }
-                "http.response.debug" => {
-                    channel.borrow_mut().info = Some(message.get_item(intern!(py, "info"))?.unbind());
+                Kind::Debug { info } => {
+                    channel.borrow_mut().info = Some(info.unbind());
                     Ok(Next::Resume(Input::none(py)))
                 }
-                "http.response.early_hint" => {
+                Kind::EarlyHint(message) => {
                     let send = channel.borrow().send.clone_ref(py);
                     Ok(Next::Await(send.call1(py, (message,))?))
                 }
-                other => Err(PyRuntimeError::new_err(format!(
+                Kind::Body { .. } => Err(PyRuntimeError::new_err(
+                    "ASGI message \"http.response.body\" sent before 'http.response.start'",
+                )),
+                Kind::PathSend(_) => Err(PyRuntimeError::new_err(
+                    "ASGI message \"http.response.pathsend\" sent before 'http.response.start'",
+                )),
+                Kind::Other(other) => Err(PyRuntimeError::new_err(format!(
                     "ASGI message {other:?} sent before 'http.response.start'"
                 ))),
             },
             Goal::Body => match kind {
-                "http.response.body" => {
-                    let (body, more) = body_fields(message)?;
+                Kind::Body { chunk, more } => {
                     if !more {
                         channel.borrow_mut().state = State::BodyDone;
                     }
-                    Ok(match body {
-                        Some(body) => Next::Settle(Outcome::Return(body.unbind())),
+                    Ok(match chunk {
+                        Some(chunk) => Next::Settle(Outcome::Return(chunk.unbind())),
                         None if more => Next::Resume(Input::none(py)),
                         None => Next::Settle(Outcome::End),
                     })
                 }
-                "http.response.pathsend" => {
+                Kind::PathSend(message) => {
                     channel.borrow_mut().state = State::BodyDone;
-                    Ok(Next::Settle(Outcome::Return(message.clone().unbind())))
+                    Ok(Next::Settle(Outcome::Return(message.unbind())))
                 }
-                "http.response.start" => Err(PyRuntimeError::new_err(
+                Kind::Start { .. } => Err(PyRuntimeError::new_err(
                     "'http.response.start' sent twice: the response had already started",
                 )),
-                other => Err(PyRuntimeError::new_err(format!(
+                Kind::Debug { .. } => Err(PyRuntimeError::new_err(
+                    "unexpected ASGI message \"http.response.debug\" while sending the response body",
+                )),
+                Kind::EarlyHint(_) => Err(PyRuntimeError::new_err(
+                    "unexpected ASGI message \"http.response.early_hint\" while sending the response body",
+                )),
+                Kind::Other(other) => Err(PyRuntimeError::new_err(format!(
                     "unexpected ASGI message {other:?} while sending the response body"
                 ))),
             },
@@ -315,22 +326,18 @@ fn chain_like_starlette(py: Python<'_>, err: PyErr) -> PyResult<PyErr> {
 fn make_response(
     cls: &Bound<'_, PyType>,
     channel: &Bound<'_, Channel>,
-    message: &Bound<'_, PyAny>,
+    status: &Bound<'_, PyAny>,
+    headers: &Bound<'_, PyAny>,
     info: Py<PyAny>,
 ) -> PyResult<Py<PyAny>> {
     let py = cls.py();
-    let status = message.get_item(intern!(py, "status"))?;
-    let headers = match get_field(message, intern!(py, "headers"))? {
-        Some(headers) => headers,
-        None => PyList::empty(py).into_any(),
-    };
     let none = py.None().into_bound(py);
     let response = instantiate(
         cls,
         &PyDict::new(py),
         &[
-            (intern!(py, "status_code"), &status),
-            (intern!(py, "raw_headers"), &headers),
+            (intern!(py, "status_code"), status),
+            (intern!(py, "raw_headers"), headers),
             (intern!(py, "body_iterator"), channel.as_any()),
             (intern!(py, "info"), info.bind(py)),
             (intern!(py, "media_type"), &none),
@@ -338,46 +345,6 @@ fn make_response(
         ],
     )?;
     Ok(response.unbind())
-}
-
-/// `message.get(key)`, None when absent or None; fast for dicts.
-fn get_field<'py>(message: &Bound<'py, PyAny>, key: &Bound<'py, PyString>) -> PyResult<Option<Bound<'py, PyAny>>> {
-    let value = match message.cast::<PyDict>() {
-        Ok(dict) => dict.get_item(key)?,
-        Err(_) => Some(message.call_method1(intern!(message.py(), "get"), (key,))?),
-    };
-    Ok(value.filter(|v| !v.is_none()))
-}
-
-fn message_type<'py>(message: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyString>> {
-    let py = message.py();
-    match get_field(message, intern!(py, "type"))? {
-        Some(kind) => kind
-            .cast_into::<PyString>()
-            .map_err(|_| PyTypeError::new_err("ASGI message 'type' must be a str")),
-        None => Err(PyRuntimeError::new_err("ASGI message without a 'type' key")),
-    }
-}
-
-/// The non-empty body of a body message (None when empty) and its `more_body`.
-fn body_fields<'py>(message: &Bound<'py, PyAny>) -> PyResult<(Option<Bound<'py, PyAny>>, bool)> {
-    let py = message.py();
-    let more = match get_field(message, intern!(py, "more_body"))? {
-        Some(flag) => flag.is_truthy()?,
-        None => false,
-    };
-    let body = match get_field(message, intern!(py, "body"))? {
-        Some(body) => match body.cast::<PyBytes>() {
-            Ok(bytes) => (!bytes.as_bytes().is_empty()).then_some(body),
-            Err(_) => match body.len() {
-                Ok(0) => None,
-                Ok(_) => Some(body),
-                Err(_) => return Err(PyTypeError::new_err("ASGI 'http.response.body' body must be bytes")),
-            },
-        },
-        None => None,
-    };
-    Ok((body, more))
 }
 
 /// The awaitable behind `call_next` and the body iterator's `__anext__`.

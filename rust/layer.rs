@@ -20,6 +20,7 @@ use pyo3::{ffi, intern};
 use crate::coro::{self, exception_from_throw_args, resume, stop_iteration, Input};
 use crate::dispatch::{Channel, Dispatcher, Pause, Sent};
 use crate::drive::{DriveCore, Goal, Outcome};
+use crate::message::Message;
 use crate::objects::instantiate;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -81,7 +82,7 @@ pub struct RunLayer {
     /// Whatever this phase awaits.
     sub: Option<Sub>,
     /// Messages still to send before the body (debug info, then start).
-    head: Vec<Py<PyAny>>,
+    head: Vec<Message>,
     /// The body ended with a pathsend: no final empty chunk.
     pathsend: bool,
     /// The error that `dispatch` or the response raised, re-raised after abort.
@@ -242,22 +243,17 @@ impl RunLayer {
                     self.next_chunk(py)
                 } else {
                     let message = self.head.remove(0);
-                    self.await_send(py, message.bind(py))
+                    self.await_send(py, message)
                 }
             }
             Phase::NextChunk => {
                 let chunk = value.into_bound(py);
-                if chunk.is_instance_of::<PyMapping>() || chunk.is_instance_of::<PyDict>() {
-                    self.pathsend = true;
-                    self.phase = Phase::SendChunk;
-                    return self.await_send(py, &chunk);
-                }
-                let message = PyDict::new(py);
-                message.set_item(intern!(py, "type"), intern!(py, "http.response.body"))?;
-                message.set_item(intern!(py, "body"), chunk)?;
-                message.set_item(intern!(py, "more_body"), true)?;
                 self.phase = Phase::SendChunk;
-                self.await_send(py, message.as_any())
+                if chunk.is_instance_of::<PyDict>() || chunk.is_instance_of::<PyMapping>() {
+                    self.pathsend = true;
+                    return self.await_send(py, Message::Asgi(chunk.unbind()));
+                }
+                self.await_send(py, Message::Body { chunk: Some(chunk.unbind()), more: true })
             }
             Phase::SendChunk => self.next_chunk(py),
             Phase::SendFinal => self.background(py),
@@ -305,12 +301,8 @@ impl RunLayer {
         if self.pathsend {
             return self.background(py);
         }
-        let message = PyDict::new(py);
-        message.set_item(intern!(py, "type"), intern!(py, "http.response.body"))?;
-        message.set_item(intern!(py, "body"), pyo3::types::PyBytes::new(py, b""))?;
-        message.set_item(intern!(py, "more_body"), false)?;
         self.phase = Phase::SendFinal;
-        self.await_send(py, message.as_any())
+        self.await_send(py, Message::Body { chunk: None, more: false })
     }
 
     fn channel(&self) -> &Py<Channel> {
@@ -349,17 +341,16 @@ impl RunLayer {
             let debug = PyDict::new(py);
             debug.set_item(intern!(py, "type"), intern!(py, "http.response.debug"))?;
             debug.set_item(intern!(py, "info"), info)?;
-            self.head.push(debug.into_any().unbind());
+            self.head.push(Message::Asgi(debug.into_any().unbind()));
         }
-        let start = PyDict::new(py);
-        start.set_item(intern!(py, "type"), intern!(py, "http.response.start"))?;
-        start.set_item(intern!(py, "status"), response.getattr(intern!(py, "status_code"))?)?;
-        start.set_item(intern!(py, "headers"), response.getattr(intern!(py, "raw_headers"))?)?;
-        self.head.push(start.into_any().unbind());
+        self.head.push(Message::Start {
+            status: response.getattr(intern!(py, "status_code"))?.unbind(),
+            headers: response.getattr(intern!(py, "raw_headers"))?.unbind(),
+        });
         self.response = Some(response.unbind());
         let first = self.head.remove(0);
         self.phase = Phase::SendHead;
-        self.await_send(py, first.bind(py))
+        self.await_send(py, first)
     }
 
     fn next_chunk(&mut self, _py: Python<'_>) -> PyResult<bool> {
@@ -368,14 +359,16 @@ impl RunLayer {
         Ok(true)
     }
 
-    fn await_send(&mut self, py: Python<'_>, message: &Bound<'_, PyAny>) -> PyResult<bool> {
+    /// Sends `message` through the layer's own `send`: as fields when that is a
+    /// ferroware channel, as an ASGI dict otherwise.
+    fn await_send(&mut self, py: Python<'_>, message: Message) -> PyResult<bool> {
         let send = self.send.bind(py);
         self.sub = Some(match send.cast::<Channel>() {
-            Ok(channel) => match Channel::send_message(channel, message.clone().unbind())? {
+            Ok(channel) => match Channel::send_message(channel, message)? {
                 Sent::Paused(pause) => Sub::Pause { pause, yielded: false },
                 Sent::Other(awaitable) => Sub::Py(awaitable_iter(awaitable.bind(py))?),
             },
-            Err(_) => Sub::Py(awaitable_iter(&send.call1((message,))?)?),
+            Err(_) => Sub::Py(awaitable_iter(&send.call1((message.into_asgi(py)?,))?)?),
         });
         Ok(true)
     }

@@ -10,6 +10,7 @@ mod coro;
 mod dispatch;
 mod drive;
 mod layer;
+mod message;
 mod objects;
 
 #[pymodule]
