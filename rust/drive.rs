@@ -321,8 +321,8 @@ fn chain_like_starlette(py: Python<'_>, err: PyErr) -> PyResult<PyErr> {
     Ok(err)
 }
 
-/// The response `call_next` returns: `response_cls` with the attributes its
-/// `__init__` would set, set directly (this runs once per request per layer).
+/// The response `call_next` returns: `response_cls` with its per-response
+/// attributes set directly (this runs once per request per layer).
 fn make_response(
     cls: &Bound<'_, PyType>,
     channel: &Bound<'_, Channel>,
@@ -331,20 +331,15 @@ fn make_response(
     info: Py<PyAny>,
 ) -> PyResult<Py<PyAny>> {
     let py = cls.py();
-    let none = py.None().into_bound(py);
-    let response = instantiate(
-        cls,
-        &PyDict::new(py),
-        &[
-            (intern!(py, "status_code"), status),
-            (intern!(py, "raw_headers"), headers),
-            (intern!(py, "body_iterator"), channel.as_any()),
-            (intern!(py, "info"), info.bind(py)),
-            (intern!(py, "media_type"), &none),
-            (intern!(py, "background"), &none),
-        ],
-    )?;
-    Ok(response.unbind())
+    let fields = [
+        (intern!(py, "status_code"), status),
+        (intern!(py, "raw_headers"), headers),
+        (intern!(py, "body_iterator"), channel.as_any()),
+        // `info`, `media_type` and `background` default to None on the class.
+        (intern!(py, "info"), info.bind(py)),
+    ];
+    let set = if info.is_none(py) { &fields[..3] } else { &fields[..] };
+    Ok(instantiate(cls, &PyDict::new(py), set)?.unbind())
 }
 
 /// The awaitable behind `call_next` and the body iterator's `__anext__`.

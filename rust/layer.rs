@@ -200,6 +200,12 @@ impl RunLayer {
         let dispatcher = self.dispatcher.bind(py);
         let d = dispatcher.get();
         let hooks = d.hooks.get();
+        // The channel first, so the request is built with it; the app's
+        // `receive` (a method of the request) is given to the channel after.
+        let channel = Bound::new(
+            py,
+            Channel::new(dispatcher, self.scope.clone_ref(py), py.None(), self.send.clone_ref(py)),
+        )?;
         let request = match &hooks.request_template {
             Some(template) => instantiate(
                 hooks.request_cls.bind(py),
@@ -208,21 +214,17 @@ impl RunLayer {
                     (intern!(py, "scope"), self.scope.bind(py)),
                     (intern!(py, "_receive"), self.receive.bind(py)),
                     (intern!(py, "_send"), self.send.bind(py)),
+                    (intern!(py, "channel"), channel.as_any()),
                 ],
             )?,
-            None => hooks.request_cls.bind(py).call1((&self.scope, &self.receive, &self.send))?,
+            None => {
+                let request = hooks.request_cls.bind(py).call1((&self.scope, &self.receive, &self.send))?;
+                request.setattr(intern!(py, "channel"), &channel)?;
+                request
+            }
         };
         let downstream_receive = request.getattr(intern!(py, "downstream_receive"))?;
-        let channel = Bound::new(
-            py,
-            Channel::new(
-                dispatcher,
-                self.scope.clone_ref(py),
-                downstream_receive.clone().unbind(),
-                self.send.clone_ref(py),
-            ),
-        )?;
-        request.setattr(intern!(py, "channel"), &channel)?;
+        channel.borrow_mut().receive = downstream_receive.clone().unbind();
         let call_next = channel.getattr(intern!(py, "call_next"))?;
         let coro = d.dispatch_func.bind(py).call1((&request, call_next))?;
         self.sub = Some(Sub::Py(awaitable_iter(&coro)?));

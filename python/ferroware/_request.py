@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from ferroware._core import Channel
 
 _DISCONNECT: Message = {"type": "http.disconnect"}
+_MISSING = object()
 
 
 class DispatchRequest(Request):
@@ -35,6 +36,12 @@ class DispatchRequest(Request):
     channel: Channel
     _delivered = False  # the downstream app got its whole body
     _told_disconnect = False  # the downstream app was told of a disconnect
+
+    # Request.__init__'s constants, as shared defaults: the compiled layer then
+    # sets only the three per-request attributes (see ``request_template``).
+    _stream_consumed = False
+    _is_disconnected = False
+    _form = None
 
     async def downstream_receive(self) -> Message:
         channel = self.channel
@@ -91,7 +98,8 @@ def request_template() -> dict[str, Any] | None:
         return None
     if not all(value is None or isinstance(value, (bool, int, str)) for value in fields.values()):
         return None
-    return fields
+    # What the class already provides as a default needn't be set per instance.
+    return {name: value for name, value in fields.items() if getattr(DispatchRequest, name, _MISSING) != value}
 
 
 async def foreign_send(channel: Channel, message: Message) -> None:

@@ -9,7 +9,7 @@ from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 if TYPE_CHECKING:
-    from ferroware._core import Channel
+    from starlette.background import BackgroundTask
 
 
 class CallNextResponse(Response):
@@ -22,13 +22,16 @@ class CallNextResponse(Response):
     final chunk.
     """
 
-    def __init__(self, channel: Channel, message: Message, info: Mapping[str, Any] | None) -> None:
-        self.status_code = message["status"]
-        self.raw_headers = message.get("headers", [])
-        self.body_iterator: AsyncIterator[bytes | Message] = channel
-        self.info = info
-        self.media_type = None
-        self.background = None
+    # Set on each instance by the compiled layer, which doesn't run __init__:
+    status_code: int
+    raw_headers: list[tuple[bytes, bytes]]
+    body_iterator: AsyncIterator[bytes | Message]  # the channel
+
+    # Shared defaults until an instance assigns its own (fewer attributes to
+    # set per response, on the hot path).
+    info: Mapping[str, Any] | None = None
+    media_type: str | None = None
+    background: BackgroundTask | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.info is not None:
