@@ -89,6 +89,55 @@ pub fn exception_from_throw_args(
     Ok(PyErr::from_value(exc))
 }
 
+/// The Python awaitable protocol (`__await__`, `__iter__`, `__next__`, `send`,
+/// `throw`) for a pyclass with a method `step(&mut self, py, Input) ->
+/// PyResult<Option<Py<PyAny>>>` (Some: yield it; None: done, returning None),
+/// plus the extra methods given. One `#[pymethods]` block per class, as PyO3
+/// wants it.
+#[macro_export]
+macro_rules! awaitable_pymethods {
+    ($ty:ty { $($extra:tt)* }) => {
+        #[pyo3::pymethods]
+        impl $ty {
+            fn __await__(slf: pyo3::PyRef<'_, Self>) -> pyo3::PyRef<'_, Self> {
+                slf
+            }
+
+            fn __iter__(slf: pyo3::PyRef<'_, Self>) -> pyo3::PyRef<'_, Self> {
+                slf
+            }
+
+            fn __next__(&mut self, py: pyo3::Python<'_>) -> pyo3::PyResult<Option<pyo3::Py<pyo3::PyAny>>> {
+                self.step(py, $crate::coro::Input::none(py))
+            }
+
+            fn send(&mut self, py: pyo3::Python<'_>, value: pyo3::Py<pyo3::PyAny>) -> pyo3::PyResult<pyo3::Py<pyo3::PyAny>> {
+                match self.step(py, $crate::coro::Input::Send(value))? {
+                    Some(value) => Ok(value),
+                    None => Err($crate::coro::stop_iteration(py, py.None())),
+                }
+            }
+
+            #[pyo3(signature = (typ, val=None, tb=None))]
+            fn throw(
+                &mut self,
+                py: pyo3::Python<'_>,
+                typ: &pyo3::Bound<'_, pyo3::PyAny>,
+                val: Option<&pyo3::Bound<'_, pyo3::PyAny>>,
+                tb: Option<&pyo3::Bound<'_, pyo3::PyAny>>,
+            ) -> pyo3::PyResult<pyo3::Py<pyo3::PyAny>> {
+                let err = $crate::coro::exception_from_throw_args(py, typ, val, tb)?;
+                match self.step(py, $crate::coro::Input::Throw(err))? {
+                    Some(value) => Ok(value),
+                    None => Err($crate::coro::stop_iteration(py, py.None())),
+                }
+            }
+
+            $($extra)*
+        }
+    };
+}
+
 /// The value carried by a `StopIteration`, as the error that finishes an awaitable.
 pub fn stop_iteration(py: Python<'_>, value: Py<PyAny>) -> PyErr {
     if value.is_none(py) {

@@ -13,7 +13,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyType};
 use pyo3::{ffi, intern};
 
-use crate::coro::{exception_from_throw_args, resume, stop_iteration, Input, Step};
+use crate::coro::{resume, stop_iteration, Input, Step};
 use crate::dispatch::{Channel, State};
 use crate::message::{Kind, Message};
 use crate::objects::instantiate;
@@ -367,6 +367,13 @@ impl Drive {
     }
 
     fn step(&mut self, py: Python<'_>, input: Input) -> PyResult<Option<Py<PyAny>>> {
+        if let (Input::Throw(_), false) = (&input, self.core.begun) {
+            // Thrown in before the first step: nothing ran, nothing to unwind.
+            self.core.begun = true;
+            self.done = true;
+            let Input::Throw(err) = input else { unreachable!() };
+            return Err(err);
+        }
         match self.advance(py, input) {
             Outcome::Yield(value) => Ok(Some(value)),
             Outcome::Return(value) if value.is_none(py) => Ok(None),
@@ -377,48 +384,7 @@ impl Drive {
     }
 }
 
-#[pymethods]
-impl Drive {
-    fn __await__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
-        slf
-    }
-
-    fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
-        slf
-    }
-
-    fn __next__(&mut self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
-        self.step(py, Input::none(py))
-    }
-
-    fn send(&mut self, py: Python<'_>, value: Py<PyAny>) -> PyResult<Py<PyAny>> {
-        match self.step(py, Input::Send(value))? {
-            Some(value) => Ok(value),
-            None => Err(stop_iteration(py, py.None())),
-        }
-    }
-
-    #[pyo3(signature = (typ, val=None, tb=None))]
-    fn throw(
-        &mut self,
-        py: Python<'_>,
-        typ: &Bound<'_, PyAny>,
-        val: Option<&Bound<'_, PyAny>>,
-        tb: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<Py<PyAny>> {
-        let err = exception_from_throw_args(py, typ, val, tb)?;
-        if !self.core.begun {
-            // Thrown in before the first step: nothing ran, nothing to unwind.
-            self.core.begun = true;
-            self.done = true;
-            return Err(err);
-        }
-        match self.step(py, Input::Throw(err))? {
-            Some(value) => Ok(value),
-            None => Err(stop_iteration(py, py.None())),
-        }
-    }
-
+crate::awaitable_pymethods!(Drive {
     /// The awaiting coroutine is being closed while we run the app: close it too.
     fn close(&mut self, py: Python<'_>) -> PyResult<()> {
         if self.done {
@@ -427,7 +393,7 @@ impl Drive {
         self.done = true;
         self.core.close(self.channel.bind(py))
     }
-}
+});
 
 /// `am_send` for `Drive`. CPython's `await` resumes an awaitable through
 /// `PyIter_Send`, which uses this slot when a type has it: the result of

@@ -17,7 +17,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyMapping};
 use pyo3::{ffi, intern};
 
-use crate::coro::{self, exception_from_throw_args, resume, stop_iteration, Input};
+use crate::coro::{self, resume, Input};
 use crate::dispatch::{Channel, Dispatcher, Pause, Sent};
 use crate::drive::{DriveCore, Goal, Outcome};
 use crate::message::Message;
@@ -452,42 +452,7 @@ pub fn awaitable_iter(obj: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
     }
 }
 
-#[pymethods]
-impl RunLayer {
-    fn __await__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
-        slf
-    }
-
-    fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
-        slf
-    }
-
-    fn __next__(&mut self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
-        self.step(py, Input::none(py))
-    }
-
-    fn send(&mut self, py: Python<'_>, value: Py<PyAny>) -> PyResult<Py<PyAny>> {
-        match self.step(py, Input::Send(value))? {
-            Some(value) => Ok(value),
-            None => Err(stop_iteration(py, py.None())),
-        }
-    }
-
-    #[pyo3(signature = (typ, val=None, tb=None))]
-    fn throw(
-        &mut self,
-        py: Python<'_>,
-        typ: &Bound<'_, PyAny>,
-        val: Option<&Bound<'_, PyAny>>,
-        tb: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<Py<PyAny>> {
-        let err = exception_from_throw_args(py, typ, val, tb)?;
-        match self.step(py, Input::Throw(err))? {
-            Some(value) => Ok(value),
-            None => Err(stop_iteration(py, py.None())),
-        }
-    }
-
+crate::awaitable_pymethods!(RunLayer {
     /// The awaiting coroutine is closed under us: close what we await, then the app.
     fn close(&mut self, py: Python<'_>) -> PyResult<()> {
         let sub = self.sub.take();
@@ -504,7 +469,7 @@ impl RunLayer {
     fn __repr__(&self) -> String {
         format!("<ferroware layer call phase={:?}>", self.phase)
     }
-}
+});
 
 pub fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<RunLayer>()?;
