@@ -9,6 +9,7 @@ mod chain;
 mod coro;
 mod dispatch;
 mod drive;
+mod headers;
 mod layer;
 
 #[pymodule]
@@ -18,5 +19,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     drive::init(m)?;
     layer::init(m)?;
     chain::init(m)?;
+    headers::init(m)?;
     Ok(())
 }
