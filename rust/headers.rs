@@ -37,13 +37,17 @@ const fn token_table() -> [bool; 256] {
 
 static TCHAR: [bool; 256] = token_table();
 
-/// The bytes as latin-1 text, for error messages.
-fn latin1_text(bytes: &[u8]) -> String {
-    bytes.iter().map(|&b| b as char).collect()
+/// Python's `repr` of the bytes read as latin-1 text, for error messages.
+fn latin1_repr(py: Python<'_>, bytes: &[u8]) -> String {
+    let text: String = bytes.iter().map(|&b| b as char).collect();
+    match PyString::new(py, &text).repr() {
+        Ok(r) => r.to_string(),
+        Err(_) => format!("{text:?}"),
+    }
 }
 
 /// `ValueError` unless `name` (already lowercased and encoded) is an RFC 9110 token.
-fn check_name(name: &[u8]) -> PyResult<()> {
+fn check_name(py: Python<'_>, name: &[u8]) -> PyResult<()> {
     if name.is_empty() {
         return Err(PyValueError::new_err(
             "invalid header name '': empty (a field name must be an RFC 9110 token)",
@@ -51,10 +55,10 @@ fn check_name(name: &[u8]) -> PyResult<()> {
     }
     if let Some(pos) = name.iter().position(|&b| !TCHAR[b as usize]) {
         return Err(PyValueError::new_err(format!(
-            "invalid header name {:?}: character {:?} at position {} is not allowed in an RFC 9110 token \
+            "invalid header name {}: character {} at position {} is not allowed in an RFC 9110 token \
              (letters, digits and !#$%&'*+-.^_`|~ only)",
-            latin1_text(name),
-            name[pos] as char,
+            latin1_repr(py, name),
+            latin1_repr(py, &name[pos..=pos]),
             pos,
         )));
     }
@@ -62,7 +66,7 @@ fn check_name(name: &[u8]) -> PyResult<()> {
 }
 
 /// `ValueError` if `value` contains CR, LF or NUL (it could split the response).
-fn check_value(name: &[u8], value: &[u8]) -> PyResult<()> {
+fn check_value(py: Python<'_>, name: &[u8], value: &[u8]) -> PyResult<()> {
     if let Some(pos) = value.iter().position(|&b| b == b'\r' || b == b'\n' || b == 0) {
         let what = match value[pos] {
             b'\r' => "CR (\\r)",
@@ -70,13 +74,50 @@ fn check_value(name: &[u8], value: &[u8]) -> PyResult<()> {
             _ => "NUL (\\0)",
         };
         return Err(PyValueError::new_err(format!(
-            "invalid value for header {:?}: it contains {} at position {}, which is not allowed in a field value",
-            latin1_text(name),
+            "invalid value for header {}: it contains {} at position {}, which is not allowed in a field value \
+             (it could split the response)",
+            latin1_repr(py, name),
             what,
             pos,
         )));
     }
     Ok(())
+}
+
+/// Both checks, for a field about to be stored.
+fn check_field(py: Python<'_>, name: &Name<'_, '_>, value: &[u8]) -> PyResult<()> {
+    // Case doesn't change whether a byte is a tchar: check the name as given
+    // (no lowercased copy) and only build one for an error message.
+    let ok_name = match name {
+        Name::Ascii(n) => !n.is_empty() && n.iter().all(|&b| TCHAR[b as usize]),
+        Name::Encoded(b) => {
+            let n = b.as_bytes();
+            !n.is_empty() && n.iter().all(|&b| TCHAR[b as usize])
+        }
+    };
+    let ok_value = !value.iter().any(|&b| b == b'\r' || b == b'\n' || b == 0);
+    if ok_name && ok_value {
+        return Ok(());
+    }
+    name.with_bytes(|n| {
+        check_name(py, n)?;
+        check_value(py, n, value)
+    })
+}
+
+/// A 2-tuple `(a, b)`, built directly.
+fn pair_tuple<'py>(py: Python<'py>, a: Bound<'py, PyAny>, b: Bound<'py, PyAny>) -> PyResult<Bound<'py, PyTuple>> {
+    // SAFETY: PyTuple_New returns a new tuple of 2 NULL slots or NULL with an
+    // exception set; PyTuple_SET_ITEM steals the references we pass it.
+    unsafe {
+        let t = ffi::PyTuple_New(2);
+        if t.is_null() {
+            return Err(PyErr::fetch(py));
+        }
+        ffi::PyTuple_SET_ITEM(t, 0, a.into_ptr());
+        ffi::PyTuple_SET_ITEM(t, 1, b.into_ptr());
+        Ok(Bound::from_owned_ptr(py, t).cast_into_unchecked())
+    }
 }
 
 /// A header name to look for: what Starlette computes as `key.lower().encode("latin-1")`.
@@ -109,17 +150,22 @@ impl<'a, 'py> Name<'a, 'py> {
         }
     }
 
+    /// Whether stored name bytes equal this name.
+    #[inline]
+    fn matches_bytes(&self, stored: &[u8]) -> bool {
+        match self {
+            Name::Ascii(n) => {
+                stored.len() == n.len() && stored.iter().zip(n.iter()).all(|(s, n)| *s == n.to_ascii_lowercase())
+            }
+            Name::Encoded(n) => stored == n.as_bytes(),
+        }
+    }
+
     /// Whether a stored name equals this one (Starlette: `item_key == get_header_key`).
     #[inline]
     fn matches(&self, key: &Bound<'py, PyAny>) -> PyResult<bool> {
         if let Ok(stored) = key.cast::<PyBytes>() {
-            let stored = stored.as_bytes();
-            return Ok(match self {
-                Name::Ascii(n) => {
-                    stored.len() == n.len() && stored.iter().zip(n.iter()).all(|(s, n)| *s == n.to_ascii_lowercase())
-                }
-                Name::Encoded(n) => stored == n.as_bytes(),
-            });
+            return Ok(self.matches_bytes(stored.as_bytes()));
         }
         // Not bytes (a bytearray, say): let Python compare, as Starlette does.
         key.eq(self.to_bytes(key.py()))
@@ -235,10 +281,77 @@ fn pair<'py>(item: &Bound<'py, PyAny>) -> PyResult<(Bound<'py, PyAny>, Bound<'py
 
 fn unpack_error(got: usize) -> PyErr {
     if got > 2 {
-        PyValueError::new_err(format!("too many values to unpack (expected 2, got {got})"))
+        PyValueError::new_err("too many values to unpack (expected 2)")
     } else {
         PyValueError::new_err(format!("not enough values to unpack (expected 2, got {got})"))
     }
+}
+
+/// Index of the first field at or after `start` named `name` (Starlette's
+/// `for key, value in list: if key == name`), or `None`.
+///
+/// The common shape, a 2-tuple whose name is exact `bytes`, is read through
+/// borrowed pointers with no reference counting; anything else goes through
+/// `pair` and `Name::matches`, which may run Python code, so the list length is
+/// re-read at every step.
+fn find_index(list: &Bound<'_, PyList>, name: &Name<'_, '_>, start: usize) -> PyResult<Option<usize>> {
+    let mut i = start;
+    loop {
+        if i >= list.len() {
+            return Ok(None);
+        }
+        // SAFETY: `i` is within the list's current length and we hold the GIL;
+        // the borrowed pointers are only used until the next Python call.
+        let fast = unsafe {
+            let item = ffi::PyList_GET_ITEM(list.as_ptr(), i as ffi::Py_ssize_t);
+            if ffi::PyTuple_CheckExact(item) != 0 && ffi::PyTuple_GET_SIZE(item) == 2 {
+                let key = ffi::PyTuple_GET_ITEM(item, 0);
+                if ffi::PyBytes_CheckExact(key) != 0 {
+                    let len = ffi::Py_SIZE(key) as usize;
+                    let data = std::slice::from_raw_parts(ffi::PyBytes_AS_STRING(key).cast::<u8>(), len);
+                    Some(name.matches_bytes(data))
+                } else {
+                    None
+                }
+            } else {
+                None
+            }
+        };
+        let hit = match fast {
+            Some(hit) => hit,
+            None => {
+                let item = list.get_item(i)?;
+                let (k, _) = pair(&item)?;
+                name.matches(&k)?
+            }
+        };
+        if hit {
+            return Ok(Some(i));
+        }
+        i += 1;
+    }
+}
+
+/// The value of the field at `idx` (found by `find_index` just before).
+fn value_at<'py>(list: &Bound<'py, PyList>, idx: usize) -> PyResult<Bound<'py, PyAny>> {
+    let item = list.get_item(idx)?;
+    if let Ok(t) = item.cast_exact::<PyTuple>() {
+        if t.len() == 2 {
+            return t.get_item(1);
+        }
+    }
+    Ok(pair(&item)?.1)
+}
+
+/// Indexes of every field named `name`.
+fn find_all(list: &Bound<'_, PyList>, name: &Name<'_, '_>) -> PyResult<Vec<usize>> {
+    let mut found = Vec::new();
+    let mut start = 0;
+    while let Some(idx) = find_index(list, name, start)? {
+        found.push(idx);
+        start = idx + 1;
+    }
+    Ok(found)
 }
 
 fn is_mapping(obj: &Bound<'_, PyAny>) -> PyResult<bool> {
@@ -274,10 +387,7 @@ fn for_each_item<'py>(
 fn field<'py>(key: &Bound<'py, PyAny>, value: &Bound<'py, PyAny>) -> PyResult<(Bound<'py, PyBytes>, Bound<'py, PyBytes>)> {
     let name = Name::new(key)?;
     let value = encode_value(value)?;
-    name.with_bytes(|n| {
-        check_name(n)?;
-        check_value(n, value.as_bytes())
-    })?;
+    check_field(key.py(), &name, value.as_bytes())?;
     Ok((name.to_bytes(key.py()), value))
 }
 
@@ -285,69 +395,50 @@ fn set_field(list: &Bound<'_, PyList>, key: &Bound<'_, PyAny>, value: &Bound<'_,
     let py = list.py();
     let name = Name::new(key)?;
     let value = encode_value(value)?;
-    name.with_bytes(|n| {
-        check_name(n)?;
-        check_value(n, value.as_bytes())
-    })?;
-    let mut first: Option<(usize, Bound<'_, PyAny>)> = None;
-    let mut later: Vec<usize> = Vec::new();
-    for (idx, item) in list.iter().enumerate() {
-        let (k, _) = pair(&item)?;
-        if name.matches(&k)? {
-            if first.is_none() {
-                first = Some((idx, k));
-            } else {
+    check_field(key.py(), &name, value.as_bytes())?;
+    match find_index(list, &name, 0)? {
+        Some(first) => {
+            let mut later = Vec::new();
+            let mut start = first + 1;
+            while let Some(idx) = find_index(list, &name, start)? {
                 later.push(idx);
+                start = idx + 1;
             }
-        }
-    }
-    for idx in later.into_iter().rev() {
-        list.del_item(idx)?;
-    }
-    match first {
-        Some((idx, k)) => {
-            // Reuse the stored name when it is already the exact bytes we'd store.
-            let key = if k.is_exact_instance_of::<PyBytes>() && name.with_bytes(|n| k.cast::<PyBytes>().map(|b| b.as_bytes() == n).unwrap_or(false)) {
-                k
-            } else {
-                name.to_bytes(py).into_any()
+            for idx in later.into_iter().rev() {
+                list.del_item(idx)?;
+            }
+            // Reuse the stored name object when it is exactly the bytes we'd store.
+            let (stored, _) = pair(&list.get_item(first)?)?;
+            let key = match stored.cast_exact::<PyBytes>() {
+                Ok(b) if name.with_bytes(|n| b.as_bytes() == n) => stored,
+                _ => name.to_bytes(py).into_any(),
             };
-            list.set_item(idx, PyTuple::new(py, [key, value.into_any()])?)
+            list.set_item(first, pair_tuple(py, key, value.into_any())?)
         }
-        None => list.append(PyTuple::new(py, [name.to_bytes(py).into_any(), value.into_any()])?),
+        None => list.append(pair_tuple(py, name.to_bytes(py).into_any(), value.into_any())?),
     }
 }
 
 fn find<'py>(list: &Bound<'py, PyList>, key: &Bound<'py, PyAny>) -> PyResult<Option<Bound<'py, PyAny>>> {
     let name = Name::new(key)?;
-    for item in list.iter() {
-        let (k, v) = pair(&item)?;
-        if name.matches(&k)? {
-            return Ok(Some(v));
-        }
+    match find_index(list, &name, 0)? {
+        Some(idx) => value_at(list, idx).map(Some),
+        None => Ok(None),
     }
-    Ok(None)
 }
 
 fn contains(list: &Bound<'_, PyList>, key: &Bound<'_, PyAny>) -> PyResult<bool> {
     let name = Name::new(key)?;
-    for item in list.iter() {
-        let (k, _) = pair(&item)?;
-        if name.matches(&k)? {
-            return Ok(true);
-        }
-    }
-    Ok(false)
+    Ok(find_index(list, &name, 0)?.is_some())
 }
 
 fn getlist<'py>(list: &Bound<'py, PyList>, key: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyList>> {
     let name = Name::new(key)?;
     let out = PyList::empty(list.py());
-    for item in list.iter() {
-        let (k, v) = pair(&item)?;
-        if name.matches(&k)? {
-            out.append(decode(&v)?)?;
-        }
+    let mut start = 0;
+    while let Some(idx) = find_index(list, &name, start)? {
+        out.append(decode(&value_at(list, idx)?)?)?;
+        start = idx + 1;
     }
     Ok(out)
 }
@@ -428,7 +519,7 @@ impl Headers {
             let list = PyList::empty(py);
             for_each_item(headers, |k, v| {
                 let (k, v) = field(k, v)?;
-                list.append(PyTuple::new(py, [k.into_any(), v.into_any()])?)
+                list.append(pair_tuple(py, k.into_any(), v.into_any())?)
             })?;
             list
         } else if let Some(raw) = raw {
@@ -632,14 +723,7 @@ impl MutableHeaders {
     fn __delitem__(slf: &Bound<'_, Self>, key: &Bound<'_, PyAny>) -> PyResult<()> {
         let list = Self::list(slf);
         let name = Name::new(key)?;
-        let mut found: Vec<usize> = Vec::new();
-        for (idx, item) in list.iter().enumerate() {
-            let (k, _) = pair(&item)?;
-            if name.matches(&k)? {
-                found.push(idx);
-            }
-        }
-        for idx in found.into_iter().rev() {
+        for idx in find_all(list, &name)?.into_iter().rev() {
             list.del_item(idx)?;
         }
         Ok(())
@@ -664,17 +748,11 @@ impl MutableHeaders {
         let list = Self::list(slf);
         let name = Name::new(key)?;
         let encoded = encode_value(value)?;
-        name.with_bytes(|n| {
-            check_name(n)?;
-            check_value(n, encoded.as_bytes())
-        })?;
-        for item in list.iter() {
-            let (k, v) = pair(&item)?;
-            if name.matches(&k)? {
-                return decode(&v);
-            }
+        check_field(py, &name, encoded.as_bytes())?;
+        if let Some(idx) = find_index(list, &name, 0)? {
+            return decode(&value_at(list, idx)?);
         }
-        list.append(PyTuple::new(py, [name.to_bytes(py).into_any(), encoded.into_any()])?)?;
+        list.append(pair_tuple(py, name.to_bytes(py).into_any(), encoded.into_any())?)?;
         Ok(value.clone())
     }
 
@@ -685,7 +763,7 @@ impl MutableHeaders {
     /// Add a field, keeping any others of the same name.
     fn append(slf: &Bound<'_, Self>, key: &Bound<'_, PyAny>, value: &Bound<'_, PyAny>) -> PyResult<()> {
         let (k, v) = field(key, value)?;
-        Self::list(slf).append(PyTuple::new(slf.py(), [k.into_any(), v.into_any()])?)
+        Self::list(slf).append(pair_tuple(slf.py(), k.into_any(), v.into_any())?)
     }
 
     fn add_vary_header(slf: &Bound<'_, Self>, vary: &Bound<'_, PyAny>) -> PyResult<()> {
