@@ -214,7 +214,7 @@ fn encode_value<'py>(value: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyBytes>>
         // SAFETY: `value` is a live str; the call returns a new reference to a
         // bytes object or NULL with an exception set.
         let encoded = unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyUnicode_AsLatin1String(value.as_ptr()))? };
-        return encoded.cast_into::<PyBytes>().map_err(|e| PyErr::from(e));
+        return encoded.cast_into::<PyBytes>().map_err(PyErr::from);
     }
     let encoded = value.call_method1(intern!(py, "encode"), (intern!(py, "latin-1"),))?;
     match encoded.cast_into::<PyBytes>() {
@@ -662,6 +662,7 @@ impl Headers {
 
     /// Pickle and `copy` support: rebuilt from the same list (`copy.copy` shares
     /// it, as it shares the `_list` of Starlette's; `deepcopy` copies it).
+    #[allow(clippy::type_complexity)]
     fn __reduce__<'py>(slf: &Bound<'py, Self>) -> PyResult<(Bound<'py, PyType>, (Option<Py<PyAny>>, Py<PyList>))> {
         Ok((slf.get_type(), (None, slf.get().list.clone_ref(slf.py()))))
     }
