@@ -13,11 +13,36 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: p
     session = getattr(config, "_benchmarksession", None)
     if session is None or not session.benchmarks:
         return
+    _header_ops_summary(terminalreporter, session.benchmarks)
+    _layer_summary(terminalreporter, session.benchmarks)
+
+
+def _header_ops_summary(terminalreporter: pytest.TerminalReporter, benchmarks: list) -> None:  # type: ignore[type-arg]
+    """benches/test_headers.py: time per operation and ferroware's speed-up over Starlette."""
+    per_op: dict[str, dict[str, float]] = {}
+    for bench in benchmarks:
+        extra = bench.extra_info
+        if extra and "headers_op" in extra and bench.stats.rounds:
+            per_op.setdefault(extra["headers_op"], {})[extra["headers_impl"]] = bench.stats.min / extra["ops"]
+    if not per_op:
+        return
+    write = terminalreporter.write_line
+    write("")
+    write("MutableHeaders on 10 headers (best round, per operation; target >= 3x):")
+    for op, times in per_op.items():
+        if {"starlette", "ferroware"} <= times.keys():
+            write(f"  {op:<9} starlette {times['starlette'] * 1e9:7.0f} ns   ferroware {times['ferroware'] * 1e9:7.0f} ns"
+                  f"   {times['starlette'] / times['ferroware']:5.1f}x")
+
+
+def _layer_summary(terminalreporter: pytest.TerminalReporter, benchmarks: list) -> None:  # type: ignore[type-arg]
     by_case: dict[tuple[str, int], float] = {}
-    for bench in session.benchmarks:
+    for bench in benchmarks:
         extra = bench.extra_info
         if extra and "implementation" in extra and bench.stats.rounds:
             by_case[(extra["implementation"], extra["layers"])] = bench.stats.min / extra["requests"]
+    if not by_case:
+        return
     measurements = [_bench.Measurement(impl, n, t) for (impl, n), t in by_case.items()]
     impls = sorted({m.implementation for m in measurements})
     if not all(len({m.layers for m in measurements if m.implementation == i}) > 1 for i in impls):

@@ -9,6 +9,7 @@ mod chain;
 mod coro;
 mod dispatch;
 mod drive;
+mod headers;
 mod layer;
 mod message;
 mod objects;
@@ -20,5 +21,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     drive::init(m)?;
     layer::init(m)?;
     chain::init(m)?;
+    headers::init(m)?;
     Ok(())
 }

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from ferroware._core import __version__
 from ferroware.applications import Starlette
 from ferroware.base import BaseHTTPMiddleware
+from ferroware.datastructures import Headers, MutableHeaders
 from ferroware.install import install, is_patched, patch, uninstall, unpatch
 
 if TYPE_CHECKING:
@@ -20,6 +21,8 @@ if TYPE_CHECKING:
 __all__ = [
     "BaseHTTPMiddleware",
     "FastAPI",
+    "Headers",
+    "MutableHeaders",
     "Starlette",
     "__version__",
     "install",
