@@ -778,7 +778,37 @@ impl MutableHeaders {
     }
 }
 
+/// `CallNextResponse.headers`: the compiled `MutableHeaders` over the
+/// response's `raw_headers` (a list from then on: edits go into the list that
+/// is sent), made on first use and cached in `_headers`, where Starlette's
+/// `Response.headers` caches its own. A getter in Rust, as every header edit
+/// in a `dispatch` starts here.
+#[pyfunction]
+fn response_headers<'py>(response: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    let py = response.py();
+    let cached = response.getattr(intern!(py, "_headers"))?;
+    if !cached.is_none() {
+        return Ok(cached);
+    }
+    let raw = response.getattr(intern!(py, "raw_headers"))?;
+    let list = match raw.cast_into::<PyList>() {
+        Ok(list) => list,
+        Err(raw) => {
+            // An app may send its headers as a tuple: edit (and send) a list instead.
+            let list = unsafe { Bound::from_owned_ptr_or_err(py, ffi::PySequence_List(raw.into_inner().as_ptr()))? }
+                .cast_into::<PyList>()
+                .map_err(PyErr::from)?;
+            response.setattr(intern!(py, "raw_headers"), &list)?;
+            list
+        }
+    };
+    let headers = MutableHeaders::wrap(py, list)?.into_bound(py).into_any();
+    response.setattr(intern!(py, "_headers"), &headers)?;
+    Ok(headers)
+}
+
 pub fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(response_headers, m)?)?;
     m.add_class::<Headers>()?;
     m.add_class::<MutableHeaders>()?;
     Ok(())

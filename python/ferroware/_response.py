@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
+from ferroware._core import response_headers
 from ferroware.datastructures import MutableHeaders
 
 if TYPE_CHECKING:
@@ -35,21 +36,10 @@ class CallNextResponse(Response):
     media_type: str | None = None
     background: BackgroundTask | None = None
 
-    @property
-    def headers(self) -> MutableHeaders:  # type: ignore[override]
-        """The compiled ``MutableHeaders`` over ``raw_headers``: edits go into the list that is sent.
-
-        Cached where Starlette's ``Response.headers`` caches its own (``_headers``).
-        """
-        try:
-            return self.__dict__["_headers"]  # type: ignore[no-any-return]
-        except KeyError:
-            pass
-        if not isinstance(self.raw_headers, list):
-            # An app may send its headers as a tuple: edit (and send) a list instead.
-            self.raw_headers = list(self.raw_headers)
-        headers = self.__dict__["_headers"] = MutableHeaders(raw=self.raw_headers)
-        return headers
+    # The compiled MutableHeaders over raw_headers, made on first use and
+    # cached in ``_headers`` (where Starlette's Response caches its own).
+    _headers: MutableHeaders | None = None
+    headers = property(response_headers, doc="The response headers; edits go into the list that is sent.")  # type: ignore[assignment]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.info is not None:

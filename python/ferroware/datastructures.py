@@ -15,13 +15,14 @@ CR, LF or NUL, so no response splitting can be produced through them.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Mapping
 
 from ferroware._core import Headers, MutableHeaders
 
 __all__ = ["Headers", "MutableHeaders"]
 
 # Compiled classes can't inherit from the ABCs; register them so that
-# ``isinstance(h, Mapping)`` holds, as it does for Starlette's.
+# ``isinstance(h, Mapping)`` holds, as it does for Starlette's (and, through
+# the subclass, for MutableHeaders, which like Starlette's is a Mapping but
+# not a full MutableMapping: it has no pop, popitem or clear).
 Mapping.register(Headers)
-MutableMapping.register(MutableHeaders)
