@@ -807,7 +807,24 @@ fn response_headers<'py>(response: &Bound<'py, PyAny>) -> PyResult<Bound<'py, Py
     Ok(headers)
 }
 
+/// `DispatchRequest.headers`: the compiled, read-only `Headers` of the
+/// request's scope, made on first use and cached in `_headers` (where
+/// Starlette's `HTTPConnection.headers` caches its own).
+#[pyfunction]
+fn request_headers<'py>(request: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    let py = request.py();
+    let cached = request.getattr(intern!(py, "_headers"))?;
+    if !cached.is_none() {
+        return Ok(cached);
+    }
+    let scope = request.getattr(intern!(py, "scope"))?;
+    let headers = Bound::new(py, Headers::build(py, None, None, Some(&scope), false)?)?.into_any();
+    request.setattr(intern!(py, "_headers"), &headers)?;
+    Ok(headers)
+}
+
 pub fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(request_headers, m)?)?;
     m.add_function(wrap_pyfunction!(response_headers, m)?)?;
     m.add_class::<Headers>()?;
     m.add_class::<MutableHeaders>()?;

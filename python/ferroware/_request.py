@@ -17,6 +17,7 @@ from anyio.lowlevel import checkpoint
 from starlette.requests import ClientDisconnect, Request
 from starlette.types import Message, Scope
 
+from ferroware._core import Headers, request_headers
 from ferroware._handoff import Handoff, ServerReceive
 
 if TYPE_CHECKING:
@@ -42,6 +43,11 @@ class DispatchRequest(Request):
     _stream_consumed = False
     _is_disconnected = False
     _form = None
+
+    # The compiled, read-only Headers of the scope, made on first use and
+    # cached in ``_headers`` (where Starlette's HTTPConnection caches its own).
+    _headers: Headers | None = None
+    headers = property(request_headers, doc="The request headers (compiled, read-only).")  # type: ignore[assignment]
 
     async def downstream_receive(self) -> Message:
         channel = self.channel
