@@ -22,6 +22,7 @@ use crate::coro::{exception_from_throw_args, Ready};
 use crate::drive::{Drive, Goal};
 use crate::layer::RunLayer;
 use crate::message::Message;
+use crate::timing::{Timing, Timings};
 
 /// Where the request stands, from the middleware's side.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -90,14 +91,23 @@ pub struct Dispatcher {
     pub dispatch_func: Py<PyAny>,
     pub hooks: Py<Hooks>,
     pub inner: Option<Py<Dispatcher>>,
+    /// Where this layer's own time is recorded, when timings are on.
+    pub timing: Option<Timing>,
 }
 
 #[pymethods]
 impl Dispatcher {
     #[new]
-    #[pyo3(signature = (app, dispatch_func, hooks, inner=None))]
-    fn new(app: Py<PyAny>, dispatch_func: Py<PyAny>, hooks: Py<Hooks>, inner: Option<Py<Dispatcher>>) -> Self {
-        Dispatcher { app, dispatch_func, hooks, inner }
+    #[pyo3(signature = (app, dispatch_func, hooks, inner=None, timing=None))]
+    fn new(
+        app: Py<PyAny>,
+        dispatch_func: Py<PyAny>,
+        hooks: Py<Hooks>,
+        inner: Option<Py<Dispatcher>>,
+        timing: Option<(Py<Timings>, usize)>,
+    ) -> Self {
+        let timing = timing.map(|(timings, layer)| Timing { timings, layer });
+        Dispatcher { app, dispatch_func, hooks, inner, timing }
     }
 
     #[getter]
@@ -142,6 +152,9 @@ pub struct Channel {
     pub(crate) pause: Option<Py<Pause>>,
     /// The Python meeting point for sends from other tasks, once there is one.
     handoff: Option<Py<PyAny>>,
+    /// Timings on: how long the downstream app has been stepped, in total.
+    pub(crate) timed: bool,
+    pub(crate) app_nanos: u64,
 }
 
 impl Channel {
@@ -164,6 +177,8 @@ impl Channel {
             error: None,
             pause: None,
             handoff: None,
+            timed: dispatcher.get().timing.is_some(),
+            app_nanos: 0,
         }
     }
 

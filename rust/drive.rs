@@ -95,9 +95,20 @@ impl DriveCore {
                 Some(coro) => coro.clone_ref(py),
                 None => return self.app_finished(channel),
             };
-            channel.borrow_mut().stepping = true;
+            let timed = {
+                let mut this = channel.borrow_mut();
+                this.stepping = true;
+                this.timed
+            };
+            let started = timed.then(crate::timing::clock::now);
             let stepped = crate::layer::resume_app(py, coro.bind(py), input);
-            channel.borrow_mut().stepping = false;
+            {
+                let mut this = channel.borrow_mut();
+                this.stepping = false;
+                if let Some(started) = started {
+                    this.app_nanos += started.elapsed_nanos();
+                }
+            }
             match stepped {
                 Ok(Step::Yield(value)) if is_pause_of(channel, &value) => {
                     let message = channel.borrow_mut().outbox.take();

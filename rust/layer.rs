@@ -14,7 +14,8 @@
 
 use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyMapping};
+use pyo3::types::{PyBytes, PyDict, PyList, PyMapping};
+use crate::timing::clock;
 use pyo3::{ffi, intern};
 
 use crate::coro::{self, resume, Input};
@@ -87,6 +88,9 @@ pub struct RunLayer {
     pathsend: bool,
     /// The error that `dispatch` or the response raised, re-raised after abort.
     failure: Option<PyErr>,
+    /// Timings on: this layer's own time so far, and where the running step began.
+    own_nanos: u64,
+    step_began: Option<(clock::Tick, u64)>,
 }
 
 impl RunLayer {
@@ -105,11 +109,57 @@ impl RunLayer {
             head: Vec::new(),
             pathsend: false,
             failure: None,
+            own_nanos: 0,
+            step_began: None,
         }
     }
 
     /// Ok(Some(value)): yield it; Ok(None): done; Err: raised.
-    fn step(&mut self, py: Python<'_>, mut input: Input) -> PyResult<Option<Py<PyAny>>> {
+    fn step(&mut self, py: Python<'_>, input: Input) -> PyResult<Option<Py<PyAny>>> {
+        if self.dispatcher.get().timing.is_none() {
+            return self.run(py, input);
+        }
+        self.step_began = Some((clock::now(), self.app_nanos(py)));
+        let result = self.run(py, input);
+        self.own_nanos = self.own_so_far(py);
+        self.step_began = None;
+        if self.phase == Phase::Done {
+            if let Some(timing) = &self.dispatcher.get().timing {
+                timing.timings.borrow_mut(py).record(timing.layer, self.own_nanos);
+            }
+        }
+        result
+    }
+
+    /// Time stepped in the downstream app so far (timings on).
+    fn app_nanos(&self, py: Python<'_>) -> u64 {
+        self.channel.as_ref().map_or(0, |c| c.borrow(py).app_nanos)
+    }
+
+    /// This layer's own time, up to now.
+    fn own_so_far(&self, py: Python<'_>) -> u64 {
+        match self.step_began {
+            Some((began, app_before)) => {
+                let inside_app = self.app_nanos(py).saturating_sub(app_before);
+                self.own_nanos + began.elapsed_nanos().saturating_sub(inside_app)
+            }
+            None => self.own_nanos,
+        }
+    }
+
+    /// Timings on: a `Server-Timing` field with this layer's own time until its
+    /// response starts, added to the response's header list.
+    fn add_server_timing(&self, py: Python<'_>, response: &Bound<'_, PyAny>) -> PyResult<()> {
+        let Some(timing) = &self.dispatcher.get().timing else { return Ok(()) };
+        let Ok(headers) = response.getattr(intern!(py, "raw_headers"))?.cast_into::<PyList>() else {
+            return Ok(());
+        };
+        let value = timing.timings.borrow(py).server_timing(timing.layer, self.own_so_far(py));
+        let field = (PyBytes::new(py, b"server-timing"), PyBytes::new(py, value.as_bytes()));
+        headers.append(field)
+    }
+
+    fn run(&mut self, py: Python<'_>, mut input: Input) -> PyResult<Option<Py<PyAny>>> {
         match self.phase {
             Phase::Done => {
                 return Err(PyRuntimeError::new_err("cannot reuse already awaited ferroware layer call"));
@@ -324,6 +374,7 @@ impl RunLayer {
                 response.get_type().name()?
             )));
         }
+        self.add_server_timing(py, &response)?;
         let hooks = self.dispatcher.get().hooks.get();
         let relayable = response.get_type().is(hooks.response_cls.bind(py))
             && response

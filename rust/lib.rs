@@ -13,6 +13,7 @@ mod headers;
 mod layer;
 mod message;
 mod objects;
+mod timing;
 
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -22,5 +23,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     layer::init(m)?;
     chain::init(m)?;
     headers::init(m)?;
+    timing::init(m)?;
     Ok(())
 }

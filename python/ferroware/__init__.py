@@ -13,7 +13,7 @@ from ferroware._core import __version__
 from ferroware.applications import Starlette
 from ferroware.base import BaseHTTPMiddleware
 from ferroware.datastructures import Headers, MutableHeaders
-from ferroware.install import install, is_patched, patch, uninstall, unpatch
+from ferroware.install import install, is_patched, patch, timings, uninstall, unpatch
 
 if TYPE_CHECKING:
     from ferroware.applications import FastAPI
@@ -28,6 +28,7 @@ __all__ = [
     "install",
     "is_patched",
     "patch",
+    "timings",
     "uninstall",
     "unpatch",
 ]

@@ -71,5 +71,6 @@ def dispatcher_for(layer: object) -> Dispatcher:
     dispatcher: Dispatcher | None = layer.__dict__.get("_ferroware_dispatcher")
     if dispatcher is None or dispatcher.app is not app or dispatcher.dispatch_func is not dispatch_func:
         inner = dispatcher_for(app) if type(app).__call__ is BaseHTTPMiddleware.__call__ else None
-        dispatcher = layer.__dict__["_ferroware_dispatcher"] = Dispatcher(app, dispatch_func, HOOKS, inner)
+        timing = layer.__dict__.get("_ferroware_timing")  # set by the stack builder when timings are on
+        dispatcher = layer.__dict__["_ferroware_dispatcher"] = Dispatcher(app, dispatch_func, HOOKS, inner, timing)
     return dispatcher

@@ -16,13 +16,14 @@ import starlette.middleware.base
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ferroware._accelerate import STOCK_BASE, STOCK_CALL
-from ferroware._stack import build_with_compiled_user_stack
+from ferroware._core import Timings
+from ferroware._stack import TIMINGS_ATTRIBUTE, build_with_compiled_user_stack
 from ferroware.base import run_layer
 
-__all__ = ["install", "is_patched", "patch", "uninstall", "unpatch"]
+__all__ = ["install", "is_patched", "patch", "timings", "uninstall", "unpatch"]
 
 
-def install(app: starlette.applications.Starlette) -> None:
+def install(app: starlette.applications.Starlette, *, timings: bool = False) -> None:
     """Build ``app``'s user middleware with ferroware from its next request on.
 
     The stack is rebuilt lazily on the next call (so, as before that first call,
@@ -30,14 +31,34 @@ def install(app: starlette.applications.Starlette) -> None:
     on the old stack. FastAPI's ``@app.middleware("http")`` keeps registering
     Starlette's class: its layers are moved onto the compiled dispatcher when the
     stack is built. Calling it again is a no-op.
+
+    ``timings=True`` also turns on live per-layer timings: each ferroware
+    layer's own time (without the layers inside it) is measured in Rust, added
+    to the response as a ``Server-Timing`` field and kept for
+    ``ferroware.timings(app)``.
     """
     _check_app(app, "install")
-    if _is_installed(app):
-        return
-    # An instance attribute shadows the class's method for this app only, and is
-    # itself the marker that ``install`` ran (see ``_is_installed``).
-    app.build_middleware_stack = MethodType(_build_middleware_stack, app)  # type: ignore[method-assign]
-    app.middleware_stack = None
+    changed = False
+    if not _is_installed(app):
+        # An instance attribute shadows the class's method for this app only, and is
+        # itself the marker that ``install`` ran (see ``_is_installed``).
+        app.build_middleware_stack = MethodType(_build_middleware_stack, app)  # type: ignore[method-assign]
+        changed = True
+    if timings and TIMINGS_ATTRIBUTE not in vars(app):
+        vars(app)[TIMINGS_ATTRIBUTE] = Timings()
+        changed = True
+    if changed:
+        app.middleware_stack = None
+
+
+def timings(app: starlette.applications.Starlette) -> dict[str, dict[str, float]]:
+    """``{layer name: {"count", "p50_us", "p99_us"}}`` for each ferroware layer
+    of ``app``, outermost first: its own time per request (recent requests)."""
+    _check_app(app, "timings")
+    recorded: Timings | None = vars(app).get(TIMINGS_ATTRIBUTE)
+    if recorded is None:
+        raise ValueError("timings are off for this app: call ferroware.install(app, timings=True) first")
+    return recorded.snapshot()
 
 
 def uninstall(app: starlette.applications.Starlette) -> None:
@@ -46,6 +67,7 @@ def uninstall(app: starlette.applications.Starlette) -> None:
     if not _is_installed(app):
         return
     del app.build_middleware_stack
+    vars(app).pop(TIMINGS_ATTRIBUTE, None)
     app.middleware_stack = None
 
 
