@@ -58,7 +58,7 @@ class Handoff:
     def of(channel: Channel) -> Handoff:
         """The channel's handoff, made on first use; the channel closes it when
         the response went out."""
-        handoff = channel.handoff
+        handoff: Handoff | None = channel.handoff
         if handoff is None:
             handoff = channel.handoff = Handoff()
         return handoff

@@ -12,7 +12,6 @@ from __future__ import annotations
 from contextlib import aclosing
 from typing import TYPE_CHECKING, Any
 
-import anyio
 from anyio.lowlevel import checkpoint
 from starlette.requests import ClientDisconnect, Request
 from starlette.types import Message, Scope
@@ -23,7 +22,6 @@ from ferroware._handoff import Handoff, ServerReceive
 if TYPE_CHECKING:
     from ferroware._core import Channel
 
-_DISCONNECT: Message = {"type": "http.disconnect"}
 _MISSING = object()
 
 
@@ -46,8 +44,8 @@ class DispatchRequest(Request):
 
     # The compiled, read-only Headers of the scope, made on first use and
     # cached in ``_headers`` (where Starlette's HTTPConnection caches its own).
-    _headers: Headers | None = None
-    headers = property(request_headers, doc="The request headers (compiled, read-only).")  # type: ignore[assignment]
+    _headers: Headers | None = None  # type: ignore[assignment]
+    headers = property(request_headers, doc="The request headers (compiled, read-only).")
 
     async def downstream_receive(self) -> Message:
         channel = self.channel

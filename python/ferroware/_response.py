@@ -38,8 +38,8 @@ class CallNextResponse(Response):
 
     # The compiled MutableHeaders over raw_headers, made on first use and
     # cached in ``_headers`` (where Starlette's Response caches its own).
-    _headers: MutableHeaders | None = None
-    headers = property(response_headers, doc="The response headers; edits go into the list that is sent.")  # type: ignore[assignment]
+    _headers: MutableHeaders | None = None  # type: ignore[assignment]
+    headers = property(response_headers, doc="The response headers; edits go into the list that is sent.")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.info is not None:

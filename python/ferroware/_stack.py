@@ -42,8 +42,9 @@ def compiled_user_stack(app: ASGIApp, layers: Sequence[Middleware], timings: Tim
 def _layer_name(layer: BaseHTTPMiddleware) -> str:
     """The dispatch function's name, or the class's for a subclass's ``dispatch``."""
     func = layer.dispatch_func
-    if getattr(func, "__self__", None) is not None:  # a bound ``dispatch`` method
-        return type(func.__self__).__name__
+    owner = getattr(func, "__self__", None)
+    if owner is not None:  # a bound ``dispatch`` method
+        return type(owner).__name__
     return str(getattr(func, "__name__", type(layer).__name__))
 
 
