@@ -60,12 +60,15 @@ pub struct Hooks {
     pub others_ready: Py<PyAny>,
     /// `checkpoint() -> Awaitable[None]`: a shielded yield to the event loop.
     pub checkpoint: Py<PyAny>,
+    /// `make_proxy(future) -> future`: an asyncio future done when `future` is,
+    /// or earlier when a send from another task wakes it (see `drive.rs`).
+    pub make_proxy: Py<PyAny>,
 }
 
 #[pymethods]
 impl Hooks {
     #[new]
-    #[pyo3(signature = (*, request_cls, request_template, response_cls, foreign_send, others_ready, checkpoint))]
+    #[pyo3(signature = (*, request_cls, request_template, response_cls, foreign_send, others_ready, checkpoint, make_proxy))]
     fn new(
         request_cls: Py<PyType>,
         request_template: Option<Py<PyDict>>,
@@ -73,8 +76,9 @@ impl Hooks {
         foreign_send: Py<PyAny>,
         others_ready: Py<PyAny>,
         checkpoint: Py<PyAny>,
+        make_proxy: Py<PyAny>,
     ) -> Self {
-        Hooks { request_cls, request_template, response_cls, foreign_send, others_ready, checkpoint }
+        Hooks { request_cls, request_template, response_cls, foreign_send, others_ready, checkpoint, make_proxy }
     }
 }
 
@@ -155,6 +159,15 @@ pub struct Channel {
     /// Timings on: how long the downstream app has been stepped, in total.
     pub(crate) timed: bool,
     pub(crate) app_nanos: u64,
+    /// The asyncio future the app waits on, while our task waits on its proxy.
+    pub(crate) waiting: Option<Waiting>,
+}
+
+/// The app is suspended on `future` (asyncio); our task waits on `proxy`, which
+/// a send from another task can complete early to wake us.
+pub struct Waiting {
+    pub future: Py<PyAny>,
+    pub proxy: Option<Py<PyAny>>,
 }
 
 impl Channel {
@@ -179,6 +192,7 @@ impl Channel {
             handoff: None,
             timed: dispatcher.get().timing.is_some(),
             app_nanos: 0,
+            waiting: None,
         }
     }
 
@@ -188,6 +202,12 @@ impl Channel {
     pub fn release(&mut self, py: Python<'_>) {
         self.receive = py.None();
         self.outbox = None;
+        self.handoff = None;
+        self.waiting = None;
+    }
+
+    pub fn handoff_ref(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.handoff.as_ref().map(|h| h.clone_ref(py))
     }
 
     pub fn is_response_sent(&self) -> bool {
@@ -337,6 +357,16 @@ impl Channel {
     #[setter]
     fn set_handoff(&mut self, handoff: Py<PyAny>) {
         self.handoff = Some(handoff);
+    }
+
+    /// Wakes our task if it waits on a proxy for the app's future; True if it did.
+    fn wake(&self, py: Python<'_>) -> PyResult<bool> {
+        let Some(proxy) = self.waiting.as_ref().and_then(|w| w.proxy.as_ref()) else { return Ok(false) };
+        let proxy = proxy.bind(py);
+        if !proxy.call_method0(intern!(py, "done"))?.is_truthy()? {
+            proxy.call_method1(intern!(py, "set_result"), (py.None(),))?;
+        }
+        Ok(true)
     }
 
     fn __repr__(&self) -> String {

@@ -14,7 +14,7 @@ use pyo3::types::{PyDict, PyType};
 use pyo3::{ffi, intern};
 
 use crate::coro::{resume, stop_iteration, Input, Step};
-use crate::dispatch::{Channel, State};
+use crate::dispatch::{Channel, State, Waiting};
 use crate::message::{Kind, Message};
 use crate::objects::instantiate;
 
@@ -95,6 +95,21 @@ impl DriveCore {
                 Some(coro) => coro.clone_ref(py),
                 None => return self.app_finished(channel),
             };
+            // The app waits on an asyncio future (we wait on its proxy): resume it
+            // only once that future is done; meanwhile take sends from other tasks.
+            let waiting = channel.borrow_mut().waiting.take();
+            if let Some(waiting) = waiting {
+                match self.while_waiting(channel, waiting, input) {
+                    Ok(Wait::ResumeApp(next)) => input = next,
+                    Ok(Wait::Again(outcome)) => return outcome,
+                    Ok(Wait::Await(iter)) => {
+                        self.sub = Some(iter);
+                        input = Input::none(py);
+                        continue;
+                    }
+                    Err(err) => return Outcome::Raise(err),
+                }
+            }
             let timed = {
                 let mut this = channel.borrow_mut();
                 this.stepping = true;
@@ -130,7 +145,19 @@ impl DriveCore {
                         Err(err) => Input::Throw(err),
                     };
                 }
-                Ok(Step::Yield(value)) => return Outcome::Yield(value),
+                Ok(Step::Yield(value)) => {
+                    if matches!(self.goal, Goal::Start | Goal::Body) && is_asyncio_future(value.bind(py)) {
+                        // Wait on a proxy instead, so a send from another task can
+                        // wake us while the app keeps waiting on its own future.
+                        if let Err(err) = value.bind(py).setattr(intern!(py, "_asyncio_future_blocking"), false) {
+                            return Outcome::Raise(err);
+                        }
+                        channel.borrow_mut().waiting = Some(Waiting { future: value, proxy: None });
+                        input = Input::none(py);
+                        continue;
+                    }
+                    return Outcome::Yield(value);
+                }
                 Ok(Step::Return(_)) => {
                     channel.borrow_mut().coro = None;
                     return self.app_finished(channel);
@@ -141,6 +168,49 @@ impl DriveCore {
                 }
             }
         }
+    }
+
+    /// Our task was resumed while the app waits on `waiting.future`.
+    fn while_waiting(&mut self, channel: &Bound<'_, Channel>, waiting: Waiting, input: Input) -> PyResult<Wait> {
+        let py = channel.py();
+        let future = waiting.future.bind(py);
+        if let Input::Throw(err) = input {
+            // We were cancelled (or something was thrown in): as the event loop
+            // would have, cancel what the app waits on, then throw it in there.
+            future.call_method0(intern!(py, "cancel"))?;
+            release_held(channel, None)?;
+            return Ok(Wait::ResumeApp(Input::Throw(err)));
+        }
+        if future.call_method0(intern!(py, "done"))?.is_truthy()? {
+            release_held(channel, None)?;
+            return Ok(Wait::ResumeApp(Input::none(py)));
+        }
+        if matches!(self.goal, Goal::Start | Goal::Body) {
+            // Woken by a send from another task: take it as if the app sent it.
+            if let Some(message) = take_parked(channel)? {
+                let keep = Waiting { future: waiting.future.clone_ref(py), proxy: None };
+                match self.on_message(channel, Message::Asgi(message.unbind())) {
+                    Ok(Next::Settle(outcome)) => {
+                        channel.borrow_mut().waiting = Some(keep);
+                        return Ok(Wait::Again(outcome));
+                    }
+                    Ok(Next::Await(awaitable)) => {
+                        channel.borrow_mut().waiting = Some(keep);
+                        return Ok(Wait::Await(crate::layer::awaitable_iter(awaitable.bind(py))?));
+                    }
+                    Ok(Next::Resume(_)) => release_held(channel, None)?,
+                    Err(err) => release_held(channel, Some(err))?,
+                }
+                return self.while_waiting(channel, keep, Input::none(py));
+            }
+            let make_proxy = channel.borrow().dispatcher.get().hooks.get().make_proxy.clone_ref(py);
+            let proxy = make_proxy.call1(py, (future,))?;
+            channel.borrow_mut().waiting = Some(Waiting { future: waiting.future.clone_ref(py), proxy: Some(proxy.clone_ref(py)) });
+            return Ok(Wait::Again(Outcome::Yield(proxy)));
+        }
+        // After the response: no more hand-offs, wait on the app's own future.
+        future.setattr(intern!(py, "_asyncio_future_blocking"), true)?;
+        Ok(Wait::Again(Outcome::Yield(waiting.future)))
     }
 
     /// Work at the first step: start the app, or settle at once.
@@ -301,6 +371,41 @@ impl DriveCore {
         }
         Ok(())
     }
+}
+
+/// What to do after our task was resumed while the app waits on a future.
+enum Wait {
+    /// Resume the app with this.
+    ResumeApp(Input),
+    /// Return this from the step (a settled goal, or a suspension to pass up).
+    Again(Outcome),
+    /// Await this outer awaitable first (an early hint from another task).
+    Await(Py<PyAny>),
+}
+
+/// An asyncio (or uvloop) future, as the app yields it to its task.
+fn is_asyncio_future(value: &Bound<'_, PyAny>) -> bool {
+    value
+        .getattr(intern!(value.py(), "_asyncio_future_blocking"))
+        .is_ok_and(|blocking| blocking.is_truthy().unwrap_or(false))
+}
+
+/// The oldest message another task parked on this channel, if any; its sender
+/// stays held (waiting) until `release_held`, as a direct sender stays in `send`.
+fn take_parked<'py>(channel: &Bound<'py, Channel>) -> PyResult<Option<Bound<'py, PyAny>>> {
+    let py = channel.py();
+    let Some(handoff) = channel.borrow().handoff_ref(py) else { return Ok(None) };
+    let message = handoff.bind(py).call_method0(intern!(py, "take"))?;
+    Ok((!message.is_none()).then_some(message))
+}
+
+/// Lets the held sender (if any) go on, with `error` raised in it if given.
+fn release_held(channel: &Bound<'_, Channel>, error: Option<PyErr>) -> PyResult<()> {
+    let py = channel.py();
+    let Some(handoff) = channel.borrow().handoff_ref(py) else { return Ok(()) };
+    let error = error.map(|e| e.into_value(py).into_any()).unwrap_or_else(|| py.None());
+    handoff.bind(py).call_method1(intern!(py, "release"), (error,))?;
+    Ok(())
 }
 
 /// Did the app yield its channel's pause (a direct send)?

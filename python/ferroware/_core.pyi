@@ -22,6 +22,7 @@ class Hooks:
         foreign_send: Callable[[Channel, Message], Awaitable[None]],
         others_ready: Callable[[], bool],
         checkpoint: Callable[[], Awaitable[None]],
+        make_proxy: Callable[[Any], Any],
     ) -> None: ...
 
 @final
@@ -69,6 +70,7 @@ class Channel:
     def response_sent(self) -> bool: ...
     @property
     def stepping(self) -> bool: ...
+    def wake(self) -> bool: ...
     handoff: Any
 
 @final

@@ -5,14 +5,21 @@ The compiled dispatcher pauses the downstream app inside ``send`` when that
 ``StreamingResponse`` and ``FileResponse`` (on servers older than ASGI spec 2.4)
 send from a child task instead, while the app's main task waits in ``receive``.
 
-Such a send is parked here and the main task's wait is interrupted: every
-server ``receive`` made for the downstream app runs inside a cancel scope
-registered here (see ``ServerReceive``), which a parked send cancels. The main
-task then relays the parked message through the channel from inside the
-stepped task, so the dispatcher sees it exactly like a direct send, and goes
-back to waiting. The sending task resumes once the dispatcher took the
-message: backpressure is kept, nothing is buffered, and no helper task is ever
-started.
+Such a send is parked here, and the task running the dispatcher is woken:
+
+- on asyncio, that task waits on a proxy of whatever future the app waits on
+  (see ``make_proxy`` and ``rust/drive.rs``); the parked send completes the
+  proxy, and the dispatcher takes the message itself while the app keeps
+  waiting. This works wherever the app's main task waits (its own task group,
+  a lock, the server's ``receive``);
+- on trio (no proxies), every server ``receive`` made for the downstream app
+  runs inside a cancel scope registered here (see ``ServerReceive``), which a
+  parked send cancels; the main task then relays the message through the
+  channel from inside the stepped task, exactly like a direct send.
+
+Either way the sending task stays parked until the dispatcher resumes the app
+(as a direct sender stays in ``send``): backpressure is kept, nothing is
+buffered, and no helper task is ever started.
 """
 
 from __future__ import annotations
@@ -44,10 +51,11 @@ class _Parked:
 class Handoff:
     """Per-request meeting point between foreign senders and waiting receives."""
 
-    __slots__ = ("_parked", "_relaying_wait", "_other_waits", "closed")
+    __slots__ = ("_parked", "_held", "_relaying_wait", "_other_waits", "closed")
 
     def __init__(self) -> None:
         self._parked: deque[_Parked] = deque()
+        self._held: _Parked | None = None  # taken by the dispatcher, sender not yet released
         # The server receive the stepped task waits in (it can relay), and the
         # ones other tasks wait in (woken only when the response is done).
         self._relaying_wait: anyio.CancelScope | None = None
@@ -63,19 +71,36 @@ class Handoff:
             handoff = channel.handoff = Handoff()
         return handoff
 
-    async def send(self, message: Message) -> None:
+    async def send(self, channel: Channel, message: Message) -> None:
         """Called in the foreign task: park the message until the dispatcher took it."""
         parked = _Parked(message)
         self._parked.append(parked)
-        if self._relaying_wait is not None:
+        if not channel.wake() and self._relaying_wait is not None:
             self._relaying_wait.cancel()
         await parked.taken.wait()
         if parked.error is not None:
             raise parked.error
 
+    def take(self) -> Message | None:
+        """For the dispatcher (asyncio): the oldest parked message, its sender
+        held until ``release``. A previously held sender is released first."""
+        self.release(None)
+        if not self._parked:
+            return None
+        self._held = self._parked.popleft()
+        return self._held.message
+
+    def release(self, error: BaseException | None) -> None:
+        """Lets the held sender go on, raising ``error`` in it if given."""
+        held, self._held = self._held, None
+        if held is not None:
+            held.error = error
+            held.taken.set()
+
     def close(self) -> None:
         """The response went out (or failed): release parked senders, wake waiters."""
         self.closed = True
+        self.release(None)
         while self._parked:
             self._parked.popleft().taken.set()
         for scope in [self._relaying_wait, *self._other_waits]:

@@ -114,4 +114,4 @@ async def foreign_send(channel: Channel, message: Message) -> None:
         # sends in a loop cancellable (it may be waiting for the disconnect).
         await checkpoint()
         return
-    await Handoff.of(channel).send(message)
+    await Handoff.of(channel).send(channel, message)

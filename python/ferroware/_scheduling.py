@@ -1,8 +1,10 @@
-"""Asking the running event loop whether a yield would let anything else run."""
+"""What the dispatcher needs from the event loop: whether a yield would let
+anything else run, and (asyncio) a wakeable stand-in for a future."""
 
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import sniffio
 
@@ -23,3 +25,20 @@ def others_ready() -> bool:
         return True if ready is None else len(ready) > 0
     return True
 
+
+def make_proxy(future: asyncio.Future[Any]) -> asyncio.Future[None]:
+    """A future of the same loop that is done when ``future`` is done, or
+    earlier when the dispatcher's channel is woken by a send from another task.
+
+    The dispatcher's task waits on it instead of on the app's own future, which
+    stays untouched (the app still waits on it).
+    """
+    proxy: asyncio.Future[None] = future.get_loop().create_future()
+    proxy._asyncio_future_blocking = True  # as a future yielded by ``await`` is
+
+    def settle(_: asyncio.Future[Any]) -> None:
+        if not proxy.done():
+            proxy.set_result(None)
+
+    future.add_done_callback(settle)
+    return proxy

@@ -12,7 +12,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from ferroware._core import Dispatcher, Hooks
 from ferroware._request import DispatchRequest, foreign_send, request_template
 from ferroware._response import CallNextResponse
-from ferroware._scheduling import others_ready
+from ferroware._scheduling import make_proxy, others_ready
 
 RequestResponseEndpoint = Callable[[Request], Awaitable[Response]]
 DispatchFunction = Callable[[Request, RequestResponseEndpoint], Awaitable[Response]]
@@ -26,6 +26,7 @@ HOOKS = Hooks(
     foreign_send=foreign_send,
     others_ready=others_ready,
     checkpoint=cancel_shielded_checkpoint,
+    make_proxy=make_proxy,
 )
 
 
