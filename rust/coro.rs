@@ -147,6 +147,33 @@ pub fn stop_iteration(py: Python<'_>, value: Py<PyAny>) -> PyErr {
     }
 }
 
+/// An awaitable that suspends once (yielding None, which asyncio takes as
+/// "run me again soon") and then returns: asyncio's cheapest checkpoint.
+#[pyclass(module = "ferroware._core")]
+pub struct YieldOnce {
+    yielded: bool,
+}
+
+impl YieldOnce {
+    fn step(&mut self, py: Python<'_>, input: Input) -> PyResult<Option<Py<PyAny>>> {
+        match input {
+            Input::Throw(err) => Err(err),
+            Input::Send(_) if self.yielded => Ok(None),
+            Input::Send(_) => {
+                self.yielded = true;
+                Ok(Some(py.None()))
+            }
+        }
+    }
+}
+
+crate::awaitable_pymethods!(YieldOnce {
+    #[new]
+    fn new() -> Self {
+        YieldOnce { yielded: false }
+    }
+});
+
 /// An awaitable that is already done: `await Ready(x)` is `x` with no suspension.
 /// Used where the answer is known at call time (a swallowed send after the
 /// response has gone out), so no coroutine frame is created for it.

@@ -15,8 +15,8 @@
 
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyType};
-use pyo3::{intern, IntoPyObjectExt};
+use pyo3::types::{PyDict, PyString, PyType};
+use pyo3::{ffi, intern, IntoPyObjectExt};
 
 use crate::coro::{exception_from_throw_args, Ready};
 use crate::drive::{Drive, Goal};
@@ -63,12 +63,17 @@ pub struct Hooks {
     /// `make_proxy(future) -> future`: an asyncio future done when `future` is,
     /// or earlier when a send from another task wakes it (see `drive.rs`).
     pub make_proxy: Py<PyAny>,
+    /// `(get_running_loop, current_task, states, move)` or None, see `ferroware._scopes`.
+    pub asyncio_scopes: Option<(Py<PyAny>, Py<PyAny>, Py<PyDict>, Py<PyAny>)>,
+    /// `trio_scopes() -> (task, holder, attribute, move) | None`.
+    pub trio_scopes: Py<PyAny>,
 }
 
 #[pymethods]
 impl Hooks {
     #[new]
-    #[pyo3(signature = (*, request_cls, request_template, response_cls, foreign_send, others_ready, checkpoint, make_proxy))]
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (*, request_cls, request_template, response_cls, foreign_send, others_ready, checkpoint, make_proxy, asyncio_scopes, trio_scopes))]
     fn new(
         request_cls: Py<PyType>,
         request_template: Option<Py<PyDict>>,
@@ -77,8 +82,20 @@ impl Hooks {
         others_ready: Py<PyAny>,
         checkpoint: Py<PyAny>,
         make_proxy: Py<PyAny>,
+        asyncio_scopes: Option<(Py<PyAny>, Py<PyAny>, Py<PyDict>, Py<PyAny>)>,
+        trio_scopes: Py<PyAny>,
     ) -> Self {
-        Hooks { request_cls, request_template, response_cls, foreign_send, others_ready, checkpoint, make_proxy }
+        Hooks {
+            request_cls,
+            request_template,
+            response_cls,
+            foreign_send,
+            others_ready,
+            checkpoint,
+            make_proxy,
+            asyncio_scopes,
+            trio_scopes,
+        }
     }
 }
 
@@ -161,6 +178,12 @@ pub struct Channel {
     pub(crate) app_nanos: u64,
     /// The asyncio future the app waits on, while our task waits on its proxy.
     pub(crate) waiting: Option<Waiting>,
+    /// How to read and move the task's cancel scope (shared by the request's
+    /// layers), and whether this layer moves the task between scopes.
+    pub(crate) tracker: Option<Py<ScopeTracker>>,
+    pub(crate) tracking: bool,
+    /// The app's own cancel scope it is suspended in, while dispatch runs.
+    pub(crate) app_scope: Option<Py<PyAny>>,
 }
 
 /// The app is suspended on `future` (asyncio); our task waits on `proxy`, which
@@ -168,6 +191,71 @@ pub struct Channel {
 pub struct Waiting {
     pub future: Py<PyAny>,
     pub proxy: Option<Py<PyAny>>,
+}
+
+/// How to read and move one task's cancel scope (see `ferroware._scopes`).
+/// Looked up once per request by the outermost layer and shared (one object)
+/// by the layers inside it, which run in the same task.
+#[pyclass(module = "ferroware._core")]
+pub struct ScopeTracker {
+    task: Py<PyAny>,
+    /// What holds the innermost scope (anyio's task record, or the trio task);
+    /// on asyncio found through `key` in `states` once anyio has made it.
+    holder: Option<Py<PyAny>>,
+    key: Option<(Py<PyDict>, Py<PyAny>)>,
+    attribute: Py<PyString>,
+    mover: Py<PyAny>,
+}
+
+impl ScopeTracker {
+    /// For the current task: asyncio looked up here directly, trio through its hook.
+    pub fn lookup(py: Python<'_>, hooks: &Hooks) -> PyResult<Option<Py<ScopeTracker>>> {
+        if let Some((get_running_loop, current_task, states, mover)) = &hooks.asyncio_scopes {
+            if !get_running_loop.call0(py)?.is_none(py) {
+                let task = current_task.call0(py)?;
+                if task.is_none(py) {
+                    return Ok(None);
+                }
+                // SAFETY: a live object; PyWeakref_NewRef returns a new reference or NULL.
+                let key = unsafe {
+                    Bound::from_owned_ptr_or_err(py, ffi::PyWeakref_NewRef(task.as_ptr(), std::ptr::null_mut()))?
+                };
+                let tracker = ScopeTracker {
+                    task,
+                    holder: None,
+                    key: Some((states.clone_ref(py), key.unbind())),
+                    attribute: intern!(py, "cancel_scope").clone().unbind(),
+                    mover: mover.clone_ref(py),
+                };
+                return Ok(Some(Py::new(py, tracker)?));
+            }
+        }
+        let found = hooks.trio_scopes.call0(py)?;
+        if found.is_none(py) {
+            return Ok(None);
+        }
+        let (task, holder, attribute, mover): (Py<PyAny>, Py<PyAny>, Py<PyString>, Py<PyAny>) = found.extract(py)?;
+        Ok(Some(Py::new(py, ScopeTracker { task, holder: Some(holder), key: None, attribute, mover })?))
+    }
+
+    /// The task's innermost cancel scope now (None when it has none).
+    pub fn current<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        if self.holder.is_none() {
+            if let Some((states, key)) = &self.key {
+                self.holder = states.bind(py).get_item(key.bind(py))?.map(Bound::unbind);
+            }
+        }
+        match &self.holder {
+            Some(holder) => holder.bind(py).getattr(self.attribute.bind(py)),
+            None => Ok(py.None().into_bound(py)),
+        }
+    }
+
+    pub fn moves(&self, py: Python<'_>, from: &Bound<'_, PyAny>, to: &Bound<'_, PyAny>) -> PyResult<()> {
+        let holder = self.holder.as_ref().map_or_else(|| py.None(), |h| h.clone_ref(py));
+        self.mover.call1(py, (&self.task, holder, from, to))?;
+        Ok(())
+    }
 }
 
 impl Channel {
@@ -193,6 +281,9 @@ impl Channel {
             timed: dispatcher.get().timing.is_some(),
             app_nanos: 0,
             waiting: None,
+            tracker: None,
+            tracking: false,
+            app_scope: None,
         }
     }
 
@@ -204,6 +295,8 @@ impl Channel {
         self.outbox = None;
         self.handoff = None;
         self.waiting = None;
+        self.tracker = None;
+        self.app_scope = None;
     }
 
     pub fn handoff_ref(&self, py: Python<'_>) -> Option<Py<PyAny>> {
@@ -429,6 +522,8 @@ impl Pause {
 
 pub fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Hooks>()?;
+    m.add_class::<ScopeTracker>()?;
+    m.add_class::<crate::coro::YieldOnce>()?;
     m.add_class::<Dispatcher>()?;
     m.add_class::<Channel>()?;
     m.add_class::<Pause>()?;

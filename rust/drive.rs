@@ -14,7 +14,7 @@ use pyo3::types::{PyDict, PyType};
 use pyo3::{ffi, intern};
 
 use crate::coro::{resume, stop_iteration, Input, Step};
-use crate::dispatch::{Channel, State, Waiting};
+use crate::dispatch::{Channel, ScopeTracker, State, Waiting};
 use crate::message::{Kind, Message};
 use crate::objects::instantiate;
 
@@ -58,14 +58,91 @@ pub struct DriveCore {
     /// An outer awaitable being awaited on the app's behalf.
     sub: Option<Py<PyAny>>,
     begun: bool,
+    /// The task's cancel scope when this core began (where dispatch is), if tracked.
+    outer: Option<Py<PyAny>>,
 }
 
 impl DriveCore {
     pub fn new(goal: Goal) -> Self {
-        DriveCore { goal, sub: None, begun: false }
+        DriveCore { goal, sub: None, begun: false, outer: None }
     }
 
-    pub fn step(&mut self, channel: &Bound<'_, Channel>, mut input: Input) -> Outcome {
+    /// Steps toward the goal. Around it, the task is moved into the app's own
+    /// cancel scope (if the app was left suspended in one) and, when the goal
+    /// is reached with the app still suspended inside a scope of its own, back
+    /// to the scope the caller was in (see `ferroware._scopes`).
+    pub fn step(&mut self, channel: &Bound<'_, Channel>, input: Input) -> Outcome {
+        if !self.begun {
+            if let Err(err) = self.enter_app_scope(channel) {
+                return Outcome::Raise(err);
+            }
+        }
+        let outcome = self.run(channel, input);
+        if matches!(outcome, Outcome::Yield(_)) {
+            return outcome;
+        }
+        match self.leave_app_scope(channel) {
+            Ok(()) => outcome,
+            Err(err) => Outcome::Raise(err),
+        }
+    }
+
+    fn enter_app_scope(&mut self, channel: &Bound<'_, Channel>) -> PyResult<()> {
+        let py = channel.py();
+        if self.goal == Goal::Start {
+            let tracker = match channel.borrow().tracker.as_ref().map(|t| t.clone_ref(py)) {
+                Some(tracker) => Some(tracker),
+                None => {
+                    let this = channel.borrow();
+                    ScopeTracker::lookup(py, this.dispatcher.get().hooks.get())?
+                }
+            };
+            let Some(tracker) = tracker else { return Ok(()) };
+            let outer = tracker.borrow_mut(py).current(py)?;
+            let mut this = channel.borrow_mut();
+            this.tracker = Some(tracker);
+            // `dispatch` runs in no cancel scope at all (asyncio's usual case):
+            // none of its scopes can be misnested, so this layer moves nothing.
+            this.tracking = !outer.is_none();
+            if this.tracking {
+                self.outer = Some(outer.unbind());
+            }
+            return Ok(());
+        }
+        let this = channel.borrow();
+        if !this.tracking {
+            return Ok(());
+        }
+        let Some(tracker) = this.tracker.as_ref().map(|t| t.clone_ref(py)) else { return Ok(()) };
+        drop(this);
+        let outer = tracker.borrow_mut(py).current(py)?;
+        let app_scope = channel.borrow_mut().app_scope.take();
+        if let Some(app_scope) = app_scope {
+            tracker.borrow(py).moves(py, &outer, app_scope.bind(py))?;
+        }
+        self.outer = Some(outer.unbind());
+        Ok(())
+    }
+
+    fn leave_app_scope(&mut self, channel: &Bound<'_, Channel>) -> PyResult<()> {
+        let py = channel.py();
+        let Some(outer) = self.outer.take() else { return Ok(()) };
+        let Some(tracker) = channel.borrow().tracker.as_ref().map(|t| t.clone_ref(py)) else { return Ok(()) };
+        let now = tracker.borrow_mut(py).current(py)?;
+        if !now.is(&outer) {
+            // Back to where the caller was. If the app is still suspended, it
+            // is inside a scope of its own: keep that for its next step. (If
+            // it ended, leaving its last scope may have pointed the task at a
+            // scope that was current when the app entered it, not now.)
+            tracker.borrow(py).moves(py, &now, outer.bind(py))?;
+            if channel.borrow().coro.is_some() {
+                channel.borrow_mut().app_scope = Some(now.unbind());
+            }
+        }
+        Ok(())
+    }
+
+    fn run(&mut self, channel: &Bound<'_, Channel>, mut input: Input) -> Outcome {
         let py = channel.py();
         if !self.begun {
             self.begun = true;

@@ -274,7 +274,17 @@ impl RunLayer {
             }
         };
         let downstream_receive = request.getattr(intern!(py, "downstream_receive"))?;
-        channel.borrow_mut().receive = downstream_receive.clone().unbind();
+        // How to read and move this task's cancel scope: shared with the layer
+        // above when it is ours (same task); else looked up when call_next starts.
+        let tracker = match self.send.bind(py).cast::<Channel>() {
+            Ok(parent) => parent.borrow().tracker.as_ref().map(|t| t.clone_ref(py)),
+            Err(_) => None,
+        };
+        {
+            let mut this = channel.borrow_mut();
+            this.receive = downstream_receive.clone().unbind();
+            this.tracker = tracker;
+        }
         let call_next = channel.getattr(intern!(py, "call_next"))?;
         let coro = d.dispatch_func.bind(py).call1((&request, call_next))?;
         self.sub = Some(Sub::Py(awaitable_iter(&coro)?));
@@ -311,7 +321,12 @@ impl RunLayer {
             Phase::SendFinal => self.background(py),
             Phase::Respond | Phase::Background => self.sent(py),
             Phase::Checkpoint => self.finish(py),
-            Phase::Finish => Ok(false),
+            // A cancellation that arrived at the checkpoint is raised now that the
+            // app was let finish (it must not be left suspended).
+            Phase::Finish => match self.failure.take() {
+                Some(err) => Err(err),
+                None => Ok(false),
+            },
             Phase::Abort => Err(self
                 .failure
                 .take()
@@ -344,7 +359,11 @@ impl RunLayer {
                 }
                 Err(err)
             }
-            Phase::Checkpoint | Phase::Finish | Phase::Begin | Phase::Done => Err(err),
+            Phase::Checkpoint => {
+                self.failure = Some(err);
+                self.finish(py)
+            }
+            Phase::Finish | Phase::Begin | Phase::Done => Err(err),
         }
     }
 

@@ -5,13 +5,12 @@
 //! `__init__` only stores attributes, so we allocate the instance and give it a
 //! ready `__dict__` directly: no Python frame, no argument parsing.
 
-use pyo3::exceptions::PyTypeError;
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString, PyType};
 
 /// A new instance of `cls` with the attributes of `template`, then `fields`,
-/// set. `cls` must be a plain class (a `__dict__`, no `__setattr__` of its own).
+/// set. `cls` must be a plain class with a `__dict__` (no `__slots__`).
 pub fn instantiate<'py>(
     cls: &Bound<'py, PyType>,
     template: &Bound<'py, PyDict>,
@@ -25,23 +24,19 @@ pub fn instantiate<'py>(
         let alloc = (*tp).tp_alloc.unwrap_or(ffi::PyType_GenericAlloc);
         Bound::from_owned_ptr_or_err(py, alloc(tp, 0))?
     };
-    // Attribute by attribute, so the instance keeps the class's shared-key
-    // layout (assigning a whole __dict__ would give it a private one).
+    // Straight into the instance's own __dict__: no per-attribute lookup of
+    // the class (which `setattr` does, and which can miss the interpreter's
+    // method cache when names collide there).
+    // SAFETY: a live instance of a class with a __dict__; returns a new
+    // reference to that dict or NULL with an exception.
+    let attrs = unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyObject_GenericGetDict(obj.as_ptr(), std::ptr::null_mut()))? }
+        .cast_into::<PyDict>()
+        .map_err(PyErr::from)?;
     for (key, value) in template.iter() {
-        set_attr(&obj, &key, &value)?;
+        attrs.set_item(key, value)?;
     }
     for (key, value) in fields {
-        set_attr(&obj, key, value)?;
+        attrs.set_item(key, value)?;
     }
     Ok(obj)
-}
-
-fn set_attr(obj: &Bound<'_, PyAny>, key: &Bound<'_, PyAny>, value: &Bound<'_, PyAny>) -> PyResult<()> {
-    // SAFETY: live objects; GenericSetAttr skips the class's __setattr__ lookup,
-    // which these plain classes don't override.
-    let status = unsafe { ffi::PyObject_GenericSetAttr(obj.as_ptr(), key.as_ptr(), value.as_ptr()) };
-    if status != 0 {
-        return Err(PyErr::take(obj.py()).unwrap_or_else(|| PyTypeError::new_err("could not set an attribute")));
-    }
-    Ok(())
 }

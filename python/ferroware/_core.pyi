@@ -23,6 +23,8 @@ class Hooks:
         others_ready: Callable[[], bool],
         checkpoint: Callable[[], Awaitable[None]],
         make_proxy: Callable[[Any], Any],
+        asyncio_scopes: tuple[Any, Any, dict[Any, Any], Callable[[Any, Any, Any, Any], None]] | None,
+        trio_scopes: Callable[[], tuple[Any, Any, str, Callable[[Any, Any, Any, Any], None]] | None],
     ) -> None: ...
 
 @final
@@ -144,3 +146,14 @@ class Timings:
     def snapshot(self) -> dict[str, dict[str, float]]: ...
     def reset(self) -> None: ...
     def __len__(self) -> int: ...
+
+@final
+class ScopeTracker:
+    """How the dispatcher reads and moves a task's cancel scope (internal)."""
+
+@final
+class YieldOnce:
+    """Suspends once, then returns: asyncio's cheapest checkpoint."""
+
+    def __init__(self) -> None: ...
+    def __await__(self) -> Generator[Any, None, None]: ...

@@ -28,6 +28,7 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 import anyio
+import sniffio
 
 from starlette.types import Message, Receive
 
@@ -124,11 +125,18 @@ class ServerReceive:
     a parked send (to relay it) and by the end of the response (after which
     the app only ever sees a disconnect, as with Starlette)."""
 
-    __slots__ = ("channel", "receive")
+    __slots__ = ("channel", "receive", "interrupt_stepped")
 
     def __init__(self, channel: Channel, receive: Receive) -> None:
         self.channel = channel
         self.receive = receive
+        # On asyncio the dispatcher's task is woken through a proxy future
+        # wherever the app waits (see ``make_proxy``): the stepped task's waits
+        # need no cancel scope there, which keeps body reads cheap.
+        try:
+            self.interrupt_stepped = sniffio.current_async_library() != "asyncio"
+        except sniffio.AsyncLibraryNotFoundError:
+            self.interrupt_stepped = True
 
     async def __call__(self) -> Message:
         channel = self.channel
@@ -138,6 +146,8 @@ class ServerReceive:
                 await handoff.relay_parked(channel)
             if channel.response_sent:
                 return dict(_DISCONNECT)
+            if channel.stepping and not self.interrupt_stepped:
+                return await self.receive()
             with anyio.CancelScope() as scope:
                 relaying = channel.stepping
                 if relaying:

@@ -4,9 +4,12 @@ anything else run, and (asyncio) a wakeable stand-in for a future."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 from typing import Any
 
 import sniffio
+
+from ferroware._core import YieldOnce
 
 
 def others_ready() -> bool:
@@ -42,3 +45,18 @@ def make_proxy(future: asyncio.Future[Any]) -> asyncio.Future[None]:
 
     future.add_done_callback(settle)
     return proxy
+
+
+def checkpoint() -> Awaitable[None]:
+    """A yield to the event loop that cancellation can't interrupt: on asyncio a
+    bare suspension (``YieldOnce``: the loop runs the others, then us), on trio
+    its own cancel-shielded checkpoint."""
+    try:
+        library = sniffio.current_async_library()
+    except sniffio.AsyncLibraryNotFoundError:
+        library = None
+    if library == "trio":
+        import trio
+
+        return trio.lowlevel.cancel_shielded_checkpoint()
+    return YieldOnce()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from anyio.lowlevel import cancel_shielded_checkpoint
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -12,7 +11,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from ferroware._core import Dispatcher, Hooks
 from ferroware._request import DispatchRequest, foreign_send, request_template
 from ferroware._response import CallNextResponse
-from ferroware._scheduling import make_proxy, others_ready
+from ferroware._scheduling import checkpoint, make_proxy, others_ready
+from ferroware._scopes import asyncio_support, trio_scopes
 
 RequestResponseEndpoint = Callable[[Request], Awaitable[Response]]
 DispatchFunction = Callable[[Request, RequestResponseEndpoint], Awaitable[Response]]
@@ -25,8 +25,10 @@ HOOKS = Hooks(
     response_cls=CallNextResponse,
     foreign_send=foreign_send,
     others_ready=others_ready,
-    checkpoint=cancel_shielded_checkpoint,
+    checkpoint=checkpoint,
     make_proxy=make_proxy,
+    asyncio_scopes=asyncio_support(),
+    trio_scopes=trio_scopes,
 )
 
 
