@@ -41,7 +41,7 @@ def test_tiny_run_prints_every_case_and_writes_svg_and_json(
     assert {"framework", "versions", "machine", "settings", "cases", "server"} <= payload.keys()
     assert payload["server"] is None
     assert {"ferroware", "starlette", "python", "fastapi"} <= payload["versions"].keys()
-    assert payload["settings"] == {"layers": [0, 1], "requests": 5, "rounds": 1}
+    assert payload["settings"] == {"layers": [0, 1], "requests": 5, "rounds": 1, "concurrency": 1}
     assert payload["cases"].keys() == _bench.CASES.keys()
     for case in payload["cases"].values():
         assert {"title", "seconds_per_request", "seconds_per_layer", "ratio_to_stock", "ratio_to_pure"} <= case.keys()
@@ -60,6 +60,13 @@ def test_chart_goes_to_the_current_directory_by_default(
     assert main([*TINY, "--cases", "header"]) == 0
     assert ET.parse(tmp_path / "ferroware-bench.svg").getroot().tag == f"{SVG}svg"
     assert "header" in capsys.readouterr().out
+
+
+def test_concurrent_run(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    args = [*TINY, "--cases", "header", "stream", "--concurrency", "4", "--chart", str(tmp_path / "c.svg")]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "4 concurrent tasks" in out and "stream" in out
 
 
 def test_layers_must_include_zero_and_another_count(capsys: pytest.CaptureFixture[str]) -> None:

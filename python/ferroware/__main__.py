@@ -63,8 +63,8 @@ def _bench_command(args: argparse.Namespace) -> int:
     if 0 not in layer_counts or len(layer_counts) < 2:
         print("--layers needs 0 and at least one other count (the cost per layer is a slope)", file=sys.stderr)
         return 2
-    if args.rounds < 1 or args.requests < 1:
-        print("--rounds and --requests must be at least 1", file=sys.stderr)
+    if args.rounds < 1 or args.requests < 1 or args.concurrency < 1:
+        print("--rounds, --requests and --concurrency must be at least 1", file=sys.stderr)
         return 2
     cases = args.cases or list(_bench.CASES)
     wrk = None
@@ -93,13 +93,15 @@ def _bench_command(args: argparse.Namespace) -> int:
         framework=args.framework,
         requests=args.requests,
         rounds=args.rounds,
+        concurrency=args.concurrency,
         on_progress=progress.step,
     )
     progress.finish()
     elapsed = time.monotonic() - started
 
+    served = "one at a time" if args.concurrency == 1 else f"{args.concurrency} concurrent tasks"
     print(f"Per-layer cost (least-squares slope over {', '.join(map(str, layer_counts))} layers), "
-          f"best of {args.rounds} rounds, in {elapsed:.0f} s:")
+          f"requests served {served}, best of {args.rounds} rounds, in {elapsed:.0f} s:")
     print()
     print(_bench.format_table(results))
     print()
@@ -159,7 +161,10 @@ def _bench_command(args: argparse.Namespace) -> int:
             "framework": args.framework,
             "versions": versions,
             "machine": _machine(),
-            "settings": {"layers": layer_counts, "requests": args.requests, "rounds": args.rounds},
+            "settings": {
+                "layers": layer_counts, "requests": args.requests, "rounds": args.rounds,
+                "concurrency": args.concurrency,
+            },  # fmt: skip
             "cases": {
                 fig.case: {
                     "title": _bench.CASES[fig.case].title,
@@ -202,6 +207,13 @@ def main(argv: list[str] | None = None) -> int:
         help="requests per round for a case's bare app; deeper stacks get fewer, so each round takes about as long",
     )
     bench.add_argument("--rounds", type=int, default=9, help="rounds per measurement; the best is kept")
+    bench.add_argument(
+        "--concurrency",
+        type=int,
+        default=1,
+        help="serve each batch from this many tasks, each yielding to the loop between requests, "
+        "as on a busy server (default: 1, one request after another)",
+    )
     bench.add_argument("--framework", choices=_bench.FRAMEWORKS, default="fastapi", help="the app the layers wrap")
     bench.add_argument("--chart", metavar="PATH", default="ferroware-bench.svg", help="SVG chart (default: %(default)s)")
     bench.add_argument("--json", metavar="PATH", help="also write the figures as JSON")

@@ -394,12 +394,29 @@ def make_scope(case: str) -> Scope:
     }
 
 
-async def serve_batch(app: ASGIApp, requests: int, case: str = "header") -> None:
-    """``requests`` requests of ``case`` through ``app``, one after another, in this task."""
+async def serve_batch(app: ASGIApp, requests: int, case: str = "header", concurrency: int = 1) -> None:
+    """``requests`` requests of ``case`` through ``app``.
+
+    With ``concurrency`` 1, one after another in this task. With more, split
+    over that many tasks, each yielding to the loop after every request, as
+    connections' tasks do on a busy server: the others are then ready to run
+    whenever one of them is in the middle of a request.
+    """
     body = CASES[case].body
-    for _ in range(requests):
-        exchange = Exchange(body)
-        await app(make_scope(case), exchange.receive, exchange.send)
+    if concurrency <= 1:
+        for _ in range(requests):
+            exchange = Exchange(body)
+            await app(make_scope(case), exchange.receive, exchange.send)
+        return
+
+    async def connection(count: int) -> None:
+        for _ in range(count):
+            exchange = Exchange(body)
+            await app(make_scope(case), exchange.receive, exchange.send)
+            await asyncio.sleep(0)
+
+    share, extra = divmod(requests, concurrency)
+    await asyncio.gather(*(connection(share + (i < extra)) for i in range(concurrency)))
 
 
 @dataclass(frozen=True)
@@ -466,10 +483,12 @@ def check(app: ASGIApp, case: str, layers: int) -> None:
 # --- timing ------------------------------------------------------------------
 
 
-def time_batch(loop: asyncio.AbstractEventLoop, app: ASGIApp, requests: int, case: str = "header") -> float:
+def time_batch(
+    loop: asyncio.AbstractEventLoop, app: ASGIApp, requests: int, case: str = "header", concurrency: int = 1
+) -> float:
     """Seconds per request for one batch."""
     start = time.perf_counter()
-    loop.run_until_complete(serve_batch(app, requests, case))
+    loop.run_until_complete(serve_batch(app, requests, case, concurrency))
     return (time.perf_counter() - start) / requests
 
 
@@ -499,6 +518,7 @@ def measure(
     framework: str = "fastapi",
     requests: int = 500,
     rounds: int = 7,
+    concurrency: int = 1,
     on_progress: Callable[[], None] | None = None,
 ) -> list[Measurement]:
     """Best-of-``rounds`` time per request for each case, implementation and depth.
@@ -507,7 +527,8 @@ def measure(
     then warmed up and its cost estimated; a round's batch is scaled so that it
     takes about as long as ``requests`` requests to the case's bare app.
     Rounds are interleaved across everything, so a noisy moment on a shared
-    machine hits all of them alike rather than one. ``on_progress`` is called
+    machine hits all of them alike rather than one. ``concurrency``: see
+    ``serve_batch`` (its batches are at least that many requests). ``on_progress`` is called
     once per warm-up and once per timed batch: ``progress_steps`` of them.
     """
     cases, implementations, layer_counts = list(cases), list(implementations), list(layer_counts)
@@ -519,7 +540,7 @@ def measure(
         for key, app in apps.items():
             check(app, key[0], key[2])
             loop.run_until_complete(serve_batch(app, 1, key[0]))  # builds the stack, fills caches
-            estimate[key] = time_batch(loop, app, 3, key[0])
+            estimate[key] = time_batch(loop, app, max(3, concurrency), key[0], concurrency)
             if on_progress is not None:
                 on_progress()
         # Long-lived objects (75 apps) out of the collector's way: a full
@@ -529,11 +550,11 @@ def measure(
         gc.freeze()
         # The cheapest config of each case (its bare app) sets the round length.
         reference = {c: min(t for (case, _, _), t in estimate.items() if case == c) for c in cases}
-        batches = {key: batch_size(requests, reference[key[0]], estimate[key]) for key in configs}
+        batches = {key: batch_size(requests, reference[key[0]], estimate[key], max(3, concurrency)) for key in configs}
         best: dict[tuple[str, str, int], float] = {}
         for _ in range(rounds):
             for key, app in apps.items():
-                t = time_batch(loop, app, batches[key], key[0])
+                t = time_batch(loop, app, batches[key], key[0], concurrency)
                 best[key] = min(t, best.get(key, t))
                 if on_progress is not None:
                     on_progress()
