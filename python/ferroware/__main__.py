@@ -66,6 +66,9 @@ def _bench_command(args: argparse.Namespace) -> int:
     if args.rounds < 1 or args.requests < 1 or args.concurrency < 1:
         print("--rounds, --requests and --concurrency must be at least 1", file=sys.stderr)
         return 2
+    if not 1 <= args.server_duration <= 60 or args.server_layers < 1:
+        print("--server-duration must be 1 to 60 seconds and --server-layers at least 1", file=sys.stderr)
+        return 2
     cases = args.cases or list(_bench.CASES)
     wrk = None
     if args.server:

@@ -311,9 +311,7 @@ def _add_layer(app: Starlette, implementation: str, framework: str, kind: str) -
         app.add_middleware(_PURE[kind])
     elif kind == "subclass":
         app.add_middleware(FerrowareHeaderMiddleware if implementation == "ferroware" else StockHeaderMiddleware)
-    elif framework == "fastapi":
-        app.middleware("http")(_DISPATCH[kind])  # type: ignore[attr-defined]
-    elif implementation == "ferroware":
+    elif framework == "fastapi" or implementation == "ferroware":
         app.middleware("http")(_DISPATCH[kind])  # type: ignore[attr-defined]
     else:  # Starlette 1.x has no decorator: what it expanded to
         app.add_middleware(StockBaseHTTPMiddleware, dispatch=_DISPATCH[kind])
