@@ -1,6 +1,8 @@
 """After a benchmark run, turn pytest-benchmark's timings into the figures
-that matter: cost per layer (the slope between 0 and 10 layers) and the ratios
-between implementations, all from this one run."""
+that matter, all from this one run, printed after pytest-benchmark's tables:
+the header operations' speed-ups (benches/test_headers.py) and, for each case
+of benches/test_layers.py, the cost per layer (least-squares slope over the
+layer counts) and the ratios to stock and to pure ASGI."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import pytest
 from ferroware import _bench
 
 
+@pytest.hookimpl(trylast=True)
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
     session = getattr(config, "_benchmarksession", None)
     if session is None or not session.benchmarks:
@@ -36,23 +39,19 @@ def _header_ops_summary(terminalreporter: pytest.TerminalReporter, benchmarks: l
 
 
 def _layer_summary(terminalreporter: pytest.TerminalReporter, benchmarks: list) -> None:  # type: ignore[type-arg]
-    by_case: dict[tuple[str, int], float] = {}
+    """benches/test_layers.py: per case, the cost per layer of each implementation and the ratios."""
+    by_case: dict[tuple[str, str, int], tuple[float, int]] = {}
     for bench in benchmarks:
         extra = bench.extra_info
         if extra and "implementation" in extra and bench.stats.rounds:
-            by_case[(extra["implementation"], extra["layers"])] = bench.stats.min / extra["requests"]
-    if not by_case:
-        return
-    measurements = [_bench.Measurement(impl, n, t) for (impl, n), t in by_case.items()]
-    impls = sorted({m.implementation for m in measurements})
-    if not all(len({m.layers for m in measurements if m.implementation == i}) > 1 for i in impls):
-        return
-    per_layer = {impl: _bench.per_layer_cost(measurements, impl) for impl in impls}
+            key = (extra.get("case", "header"), extra["implementation"], extra["layers"])
+            by_case[key] = (bench.stats.min / extra["requests"], extra["requests"])
+    measurements = [_bench.Measurement(i, n, t, c, r) for (c, i, n), (t, r) in by_case.items()]
+    if not _bench.figures(measurements):
+        return  # a partial run (-k): fewer than two layer counts anywhere
     write = terminalreporter.write_line
     write("")
-    write("per-layer cost (best round, slope over layer counts):")
-    for impl in impls:
-        write(f"  {impl:<10} {per_layer[impl] * 1e6:8.2f} us/layer")
-    if {"stock", "pure", "ferroware"} <= per_layer.keys():
-        write(f"  ferroware is {per_layer['stock'] / per_layer['ferroware']:.1f}x cheaper than stock "
-              f"(target >= 30x) and {per_layer['ferroware'] / per_layer['pure']:.2f}x pure ASGI (target <= 1.5x)")
+    write("per-layer cost (best round, least-squares slope over layer counts); stock/this = x cheaper than stock,")
+    write("this/pure = x the cost of hand-written pure ASGI:")
+    for line in _bench.format_table(measurements).splitlines():
+        write("  " + line)

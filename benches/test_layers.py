@@ -1,8 +1,15 @@
-"""Per-layer cost of a header-setting layer on FastAPI: stock, pure ASGI, ferroware.
+"""Per-layer cost of middleware on FastAPI: stock, pure ASGI, ferroware, for each case.
 
-Run with ``python -m pytest benches`` (see BENCHMARKS.md). pytest-benchmark has
+Cases (``ferroware._bench.CASES``, the same builders ``ferroware bench`` uses):
+a header-setting decorator layer, a layer reading a 1 KiB body, header layers
+over a 50-chunk streaming response, a ``BaseHTTPMiddleware`` subclass, and a
+mixed CORS/GZip/request-id/decorator stack; each at 0, 1, 5, 10 and 20 layers.
+
+Run with ``python -m pytest benches`` (see BENCHMARKS.md); the per-layer cost
+(least-squares slope over the layer counts) and the ratios to stock and to pure
+ASGI are printed at the end of the run (``conftest.py``). pytest-benchmark has
 no async support, so each round serves a batch of requests inside one coroutine
-on one event loop; every request gets fresh scope and message dicts.
+on one event loop; every request gets fresh scope, message and body dicts.
 """
 
 from __future__ import annotations
@@ -14,7 +21,9 @@ import pytest
 
 from ferroware import _bench
 
-REQUESTS = {"stock": 25, "pure": 400, "ferroware": 400}
+REQUESTS = 1000  # per round for a bare app (~30 µs a request)
+BATCH_SECONDS = 0.03  # deeper stacks get fewer requests, so a round takes about this long
+ROUNDS = 10
 
 
 @pytest.fixture(scope="module")
@@ -24,15 +33,17 @@ def loop() -> Iterator[asyncio.AbstractEventLoop]:
     loop.close()
 
 
-@pytest.mark.parametrize("layers", [0, 10])
+@pytest.mark.parametrize("layers", _bench.LAYER_COUNTS)
 @pytest.mark.parametrize("implementation", _bench.IMPLEMENTATIONS)
-def test_header_layer(benchmark, loop: asyncio.AbstractEventLoop, implementation: str, layers: int) -> None:  # type: ignore[no-untyped-def]
-    """``@app.middleware("http")`` on FastAPI (stock, ferroware) vs a pure-ASGI layer."""
-    app = _bench.build_app(implementation, layers, "fastapi")
-    requests = REQUESTS[implementation] if layers else 400
-    benchmark.group = "header-setting layer"
-    benchmark.extra_info.update(implementation=implementation, layers=layers, requests=requests)
-    loop.run_until_complete(_bench.serve_batch(app, 20))  # warm-up: builds the stack
+@pytest.mark.parametrize("case", _bench.CASES)
+def test_layers(benchmark, loop: asyncio.AbstractEventLoop, case: str, implementation: str, layers: int) -> None:  # type: ignore[no-untyped-def]
+    app = _bench.build_app(case, implementation, layers, "fastapi")
+    _bench.check(app, case, layers)  # all three answer the same before any timing
+    loop.run_until_complete(_bench.serve_batch(app, 1, case))  # warm-up: builds the stack
+    estimate = _bench.time_batch(loop, app, 3, case)
+    requests = _bench.batch_size(REQUESTS, BATCH_SECONDS / REQUESTS, estimate)
+    benchmark.group = f"{case}: {_bench.CASES[case].title}"
+    benchmark.extra_info.update(case=case, implementation=implementation, layers=layers, requests=requests)
     benchmark.pedantic(
-        loop.run_until_complete, setup=lambda: ((_bench.serve_batch(app, requests),), {}), rounds=15
+        loop.run_until_complete, setup=lambda: ((_bench.serve_batch(app, requests, case),), {}), rounds=ROUNDS
     )
