@@ -17,6 +17,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: p
     if session is None or not session.benchmarks:
         return
     _header_ops_summary(terminalreporter, session.benchmarks)
+    _builtins_summary(terminalreporter, session.benchmarks)
     _layer_summary(terminalreporter, session.benchmarks)
 
 
@@ -55,3 +56,30 @@ def _layer_summary(terminalreporter: pytest.TerminalReporter, benchmarks: list) 
     write("this/pure = x the cost of hand-written pure ASGI:")
     for line in _bench.format_table(measurements).splitlines():
         write("  " + line)
+
+
+def _builtins_summary(terminalreporter: pytest.TerminalReporter, benchmarks: list) -> None:  # type: ignore[type-arg]
+    """benches/test_builtins.py: each middleware's own cost per request (bare app subtracted) and the ratio."""
+    per: dict[str, dict[str, float]] = {}
+    sizes: dict[str, int] = {}
+    for bench in benchmarks:
+        extra = bench.extra_info
+        if extra and "builtin_case" in extra and bench.stats.rounds:
+            per.setdefault(extra["builtin_case"], {})[extra["builtin_impl"]] = bench.stats.min / extra["requests"]
+            if "size" in extra:
+                sizes[extra["builtin_impl"]] = extra["size"]
+    if not per:
+        return
+    write = terminalreporter.write_line
+    write("")
+    write("built-in middleware (best round, per request; bare app subtracted where it runs; target >= 3x cheaper):")
+    for case, times in per.items():
+        if not {"starlette", "ferroware"} <= times.keys():
+            continue
+        # A preflight is answered by the middleware itself: the app never runs, nothing to subtract.
+        bare = 0.0 if case == "cors-preflight" else times.get("bare", 0.0)
+        s, f = times["starlette"] - bare, times["ferroware"] - bare
+        write(f"  {case:<15} starlette {s * 1e6:8.2f} us   ferroware {f * 1e6:8.2f} us   {s / f:5.1f}x")
+    if {"starlette", "ferroware"} <= sizes.keys():
+        write(f"  gzip sizes: starlette {sizes['starlette']} B, ferroware {sizes['ferroware']} B "
+              f"({(sizes['ferroware'] / sizes['starlette'] - 1) * 100:+.2f}%)")

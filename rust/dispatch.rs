@@ -242,7 +242,12 @@ impl ScopeTracker {
     pub fn current<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         if self.holder.is_none() {
             if let Some((states, key)) = &self.key {
-                self.holder = states.bind(py).get_item(key.bind(py))?.map(Bound::unbind);
+                let states = states.bind(py);
+                if states.is_empty() {
+                    // No task has an anyio record: no scope anywhere (cheap, common).
+                    return Ok(py.None().into_bound(py));
+                }
+                self.holder = states.get_item(key.bind(py))?.map(Bound::unbind);
             }
         }
         match &self.holder {

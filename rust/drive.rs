@@ -101,12 +101,11 @@ impl DriveCore {
             let outer = tracker.borrow_mut(py).current(py)?;
             let mut this = channel.borrow_mut();
             this.tracker = Some(tracker);
-            // `dispatch` runs in no cancel scope at all (asyncio's usual case):
-            // none of its scopes can be misnested, so this layer moves nothing.
-            this.tracking = !outer.is_none();
-            if this.tracking {
-                self.outer = Some(outer.unbind());
-            }
+            // Tracked even when dispatch runs in no scope at all: a scope the app
+            // is left suspended in must not catch the layer's own awaits either
+            // (a streaming response cancels its task group when it is done).
+            this.tracking = true;
+            self.outer = Some(outer.unbind());
             return Ok(());
         }
         let this = channel.borrow();

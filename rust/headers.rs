@@ -35,7 +35,7 @@ const fn token_table() -> [bool; 256] {
     table
 }
 
-static TCHAR: [bool; 256] = token_table();
+pub(crate) static TCHAR: [bool; 256] = token_table();
 
 /// Python's `repr` of the bytes read as latin-1 text, for error messages.
 fn latin1_repr(py: Python<'_>, bytes: &[u8]) -> String {
@@ -106,7 +106,7 @@ fn check_field(py: Python<'_>, name: &Name<'_, '_>, value: &[u8]) -> PyResult<()
 }
 
 /// A 2-tuple `(a, b)`, built directly.
-fn pair_tuple<'py>(py: Python<'py>, a: Bound<'py, PyAny>, b: Bound<'py, PyAny>) -> PyResult<Bound<'py, PyTuple>> {
+pub(crate) fn pair_tuple<'py>(py: Python<'py>, a: Bound<'py, PyAny>, b: Bound<'py, PyAny>) -> PyResult<Bound<'py, PyTuple>> {
     // SAFETY: PyTuple_New returns a new tuple of 2 NULL slots or NULL with an
     // exception set; PyTuple_SET_ITEM steals the references we pass it.
     unsafe {
@@ -121,7 +121,7 @@ fn pair_tuple<'py>(py: Python<'py>, a: Bound<'py, PyAny>, b: Bound<'py, PyAny>) 
 }
 
 /// A header name to look for: what Starlette computes as `key.lower().encode("latin-1")`.
-enum Name<'a, 'py> {
+pub(crate) enum Name<'a, 'py> {
     /// An ASCII `str`, borrowed; it matches its ASCII lowercase form.
     Ascii(&'a [u8]),
     /// Anything else, lowered and encoded by Python itself (same result, same errors).
@@ -227,7 +227,7 @@ fn encode_value<'py>(value: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyBytes>>
 }
 
 /// `raw.decode("latin-1")`.
-fn decode<'py>(raw: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+pub(crate) fn decode<'py>(raw: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
     let py = raw.py();
     if let Ok(bytes) = raw.cast::<PyBytes>() {
         let data = bytes.as_bytes();
@@ -294,7 +294,7 @@ fn unpack_error(got: usize) -> PyErr {
 /// borrowed pointers with no reference counting; anything else goes through
 /// `pair` and `Name::matches`, which may run Python code, so the list length is
 /// re-read at every step.
-fn find_index(list: &Bound<'_, PyList>, name: &Name<'_, '_>, start: usize) -> PyResult<Option<usize>> {
+pub(crate) fn find_index(list: &Bound<'_, PyList>, name: &Name<'_, '_>, start: usize) -> PyResult<Option<usize>> {
     let mut i = start;
     loop {
         if i >= list.len() {
@@ -333,7 +333,7 @@ fn find_index(list: &Bound<'_, PyList>, name: &Name<'_, '_>, start: usize) -> Py
 }
 
 /// The value of the field at `idx` (found by `find_index` just before).
-fn value_at<'py>(list: &Bound<'py, PyList>, idx: usize) -> PyResult<Bound<'py, PyAny>> {
+pub(crate) fn value_at<'py>(list: &Bound<'py, PyList>, idx: usize) -> PyResult<Bound<'py, PyAny>> {
     let item = list.get_item(idx)?;
     if let Ok(t) = item.cast_exact::<PyTuple>() {
         if t.len() == 2 {
@@ -489,6 +489,64 @@ fn same_fields(a: &Bound<'_, PyList>, b: &Bound<'_, PyList>) -> PyResult<bool> {
     let py = a.py();
     let sorted = py.import(intern!(py, "builtins"))?.getattr(intern!(py, "sorted"))?;
     sorted.call1((a,))?.eq(sorted.call1((b,))?)
+}
+
+// --------------------------------------------------------------------------- for the compiled middleware
+//
+// `ferroware.middleware` edits response header lists with names it already
+// holds as lowercase ASCII bytes: the same scans as above, without the
+// str-to-bytes step. No validation: these set exactly what Starlette's
+// middleware sets (config values and request bytes echoed back).
+
+/// Index of the first field named `name` (lowercase ASCII) at or after `start`.
+pub(crate) fn find_raw(list: &Bound<'_, PyList>, name: &[u8], start: usize) -> PyResult<Option<usize>> {
+    find_index(list, &Name::Ascii(name), start)
+}
+
+/// The value objects of every field named `name`, in order.
+pub(crate) fn values_raw<'py>(list: &Bound<'py, PyList>, name: &[u8]) -> PyResult<Vec<Bound<'py, PyAny>>> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    while let Some(idx) = find_raw(list, name, start)? {
+        out.push(value_at(list, idx)?);
+        start = idx + 1;
+    }
+    Ok(out)
+}
+
+/// Starlette's `headers[name] = value`: the first field keeps its place and
+/// gets the value, later ones go; appended if there is none.
+pub(crate) fn set_raw(list: &Bound<'_, PyList>, name: &[u8], value: Bound<'_, PyAny>) -> PyResult<()> {
+    let py = list.py();
+    match find_raw(list, name, 0)? {
+        Some(first) => {
+            let mut later = Vec::new();
+            let mut start = first + 1;
+            while let Some(idx) = find_raw(list, name, start)? {
+                later.push(idx);
+                start = idx + 1;
+            }
+            for idx in later.into_iter().rev() {
+                list.del_item(idx)?;
+            }
+            list.set_item(first, pair_tuple(py, PyBytes::new(py, name).into_any(), value)?)
+        }
+        None => list.append(pair_tuple(py, PyBytes::new(py, name).into_any(), value)?),
+    }
+}
+
+/// Starlette's `del headers[name]`: every field of that name goes.
+pub(crate) fn delete_raw(list: &Bound<'_, PyList>, name: &[u8]) -> PyResult<()> {
+    let mut found = Vec::new();
+    let mut start = 0;
+    while let Some(idx) = find_raw(list, name, start)? {
+        found.push(idx);
+        start = idx + 1;
+    }
+    for idx in found.into_iter().rev() {
+        list.del_item(idx)?;
+    }
+    Ok(())
 }
 
 // --------------------------------------------------------------------------- the classes

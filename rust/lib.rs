@@ -5,6 +5,7 @@
 
 use pyo3::prelude::*;
 
+mod builtins;
 mod chain;
 mod coro;
 mod dispatch;
@@ -24,5 +25,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     chain::init(m)?;
     headers::init(m)?;
     timing::init(m)?;
+    builtins::cors::init(m)?;
+    builtins::hosts::init(m)?;
+    builtins::gzip::init(m)?;
     Ok(())
 }

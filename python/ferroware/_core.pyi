@@ -157,3 +157,55 @@ class YieldOnce:
 
     def __init__(self) -> None: ...
     def __await__(self) -> Generator[Any, None, None]: ...
+
+# ferroware.middleware (rust/builtins/)
+
+@final
+class CorsPolicy:
+    """One ``CORSMiddleware``'s configuration, normalised to bytes."""
+
+    def __init__(
+        self,
+        *,
+        allow_all_origins: bool,
+        allow_all_headers: bool,
+        allow_credentials: bool,
+        explicit_origin: bool,
+        allow_private_network: bool,
+        origins: list[bytes],
+        regex_fullmatch: Callable[[str], Any] | None,
+        methods: list[bytes],
+        allow_headers: list[str],
+        simple: list[tuple[bytes, bytes]],
+        preflight: list[tuple[bytes, bytes]],
+    ) -> None: ...
+    def request(self, scope: Any, send: Any) -> tuple[dict[str, Any], dict[str, Any]] | CorsSend: ...
+    def is_allowed_origin_str(self, origin: str) -> bool: ...
+
+@final
+class CorsSend:
+    """The ``send`` a CORS-wrapped app gets."""
+
+    def __call__(self, message: Any) -> Any: ...
+
+@final
+class HostPolicy:
+    """One ``TrustedHostMiddleware``'s allowed hosts."""
+
+    def __init__(self, patterns: list[str]) -> None: ...
+    def check(self, scope: Any) -> int: ...
+
+def host_authority(headers: Any) -> str | None: ...
+def parse_host_header(header: str | bytes) -> tuple[str, str | None] | None: ...
+
+@final
+class GzipStream:
+    """One response's gzip stream (flate2, zlib-rs backend)."""
+
+    def __init__(self, level: int = 9) -> None: ...
+    def compress(self, body: Any, more_body: bool) -> bytes: ...
+
+def gzip_compress(data: Any, level: int = 9) -> bytes: ...
+def gzip_inspect_start(message: Any, excluded: list[str]) -> tuple[list[Any], bool]: ...
+def gzip_edit_headers(headers: list[Any], encoding: bytes | None, length: int | None) -> None: ...
+def accepts_gzip(scope: Any) -> bool: ...

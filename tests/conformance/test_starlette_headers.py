@@ -1,9 +1,8 @@
 """Starlette 1.10.0's own ``tests/test_datastructures.py``, run against ferroware's
 ``Headers`` and ``MutableHeaders``.
 
-The Starlette sdist is downloaded from PyPI with pip (pinned by version and
-sha256) into a cache directory (``FERROWARE_CACHE_DIR``, default
-``<repo>/.cache/conformance``) and extracted once. The file then runs in a
+The Starlette sdist comes from the ``starlette_sdist`` fixture (``_sdist.py``,
+downloaded from PyPI pinned by version and sha256). The file runs in a
 subprocess from the sdist's root, so Starlette's own pytest configuration
 applies (strict markers, strict xfail, warnings as errors, blockbuster), with
 the ``ferroware_swap_headers`` plugin putting ferroware's classes in place of
@@ -23,32 +22,19 @@ runs.
 
 from __future__ import annotations
 
-import email.parser
-import hashlib
-import os
 import re
-import shutil
 import subprocess
 import sys
-import tarfile
-import tempfile
 from pathlib import Path
 
 import pytest
+from _sdist import inner_env
 
 import ferroware
 
 pytestmark = pytest.mark.conformance
 
-STARLETTE_VERSION = "1.10.0"
-SDIST = f"starlette-{STARLETTE_VERSION}.tar.gz"
-TOP = f"starlette-{STARLETTE_VERSION}"
-# The ``#sha256=`` of the sdist's link on https://pypi.org/simple/starlette/.
-SDIST_SHA256 = "b8399098d4c1e3522734f7235dc79b1fc967f96cf139c81e0fa30479e0685f9b"
 TEST_FILE = "tests/test_datastructures.py"
-PLUGIN_DIR = Path(__file__).resolve().parent
-REPO_ROOT = PLUGIN_DIR.parents[1]
-DONE_MARKER = ".ferroware-extracted"
 TIMEOUT = 600  # seconds
 
 # test id -> why it is left out (it sets a header the security rule refuses).
@@ -77,67 +63,8 @@ SUMMARY = re.compile(r"^=*\s*(\d+) passed(?:, (\d+) deselected)? in [\d.]+s(?: \
 PROBE = re.compile(r"^ferroware-swap-headers: (\S+) = (\S+)$")
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _fetch_sdist(cache: Path) -> Path:
-    tarball = cache / SDIST
-    if tarball.is_file() and _sha256(tarball) == SDIST_SHA256:
-        return tarball
-    with tempfile.TemporaryDirectory(dir=cache, prefix=".download-") as tmp:
-        req = Path(tmp) / "requirements.txt"
-        req.write_text(f"starlette=={STARLETTE_VERSION} --hash=sha256:{SDIST_SHA256}\n")
-        dest = Path(tmp) / "dist"
-        proc = subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-             "--require-hashes", "-r", str(req), "-d", str(dest)],
-            capture_output=True, text=True, timeout=600,
-        )  # fmt: skip
-        if proc.returncode != 0:
-            pytest.fail(f"pip could not download {SDIST} (exit {proc.returncode}):\n{proc.stdout}{proc.stderr}")
-        assert sorted(p.name for p in dest.iterdir()) == [SDIST]
-        assert _sha256(dest / SDIST) == SDIST_SHA256
-        os.replace(dest / SDIST, tarball)
-    return tarball
-
-
-def _ready(root: Path) -> bool:
-    marker = root / DONE_MARKER
-    return marker.is_file() and marker.read_text().strip() == SDIST_SHA256 and (root / TEST_FILE).is_file()
-
-
-@pytest.fixture(scope="session")
-def starlette_sdist() -> Path:
-    """The extracted, verified Starlette sdist (downloaded on first use)."""
-    cache = Path(os.environ.get("FERROWARE_CACHE_DIR") or REPO_ROOT / ".cache" / "conformance").resolve()
-    cache.mkdir(parents=True, exist_ok=True)
-    root = cache / TOP
-    if not _ready(root):
-        tarball = _fetch_sdist(cache)
-        with tempfile.TemporaryDirectory(dir=cache, prefix=".extract-") as tmp:
-            with tarfile.open(tarball) as tf:
-                bad = [m.name for m in tf.getmembers() if m.name.split("/", 1)[0] != TOP]
-                assert not bad, f"{SDIST}: unexpected members {bad[:5]}"
-                tf.extractall(tmp, filter="data")
-            (Path(tmp) / TOP / DONE_MARKER).write_text(SDIST_SHA256 + "\n")
-            if root.exists():
-                shutil.rmtree(root)
-            os.replace(Path(tmp) / TOP, root)
-    info = email.parser.Parser().parsestr((root / "PKG-INFO").read_text(encoding="utf-8"), headersonly=True)
-    assert (info["Name"], info["Version"]) == ("starlette", STARLETTE_VERSION)
-    return root
-
-
 def test_starlette_datastructures_with_ferroware_headers(starlette_sdist: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTEST_ADDOPTS", "PYTEST_PLUGINS")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PLUGIN_DIR), os.environ.get("PYTHONPATH")]))
-    env["PY_COLORS"] = "0"
-    env["FERROWARE_DESELECT_HEADERS"] = ";".join(SECURITY_DESELECTED)
+    env = inner_env(FERROWARE_DESELECT_HEADERS=";".join(SECURITY_DESELECTED))
     cmd = [sys.executable, "-m", "pytest", "-p", "ferroware_swap_headers", TEST_FILE, "-p", "no:cacheprovider", "-q", "-rA"]
     proc = subprocess.run(cmd, cwd=starlette_sdist, env=env, capture_output=True, text=True, timeout=TIMEOUT)
     out = proc.stdout + proc.stderr

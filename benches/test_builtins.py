@@ -1,0 +1,128 @@
+"""ferroware.middleware against Starlette's classes of the same names, side by
+side in one run.
+
+Each round runs REQUESTS requests through the middleware in front of a trivial
+ASGI app, batched inside one coroutine (nothing suspends, so it is stepped with
+``send(None)``, no event loop), with fresh scope and message dicts per request.
+The bare app is measured too: the summary subtracts it, giving the
+middleware's own cost per request, and the ratio (target >= 3x). GZip: one
+100 KiB JSON response at level 9 (Starlette's default) per round, both
+compressed sizes reported (target: at least as fast, sizes within 1%)."""
+
+from __future__ import annotations
+
+import json
+import random
+import zlib
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from starlette.middleware.cors import CORSMiddleware as StarletteCORS
+from starlette.middleware.gzip import GZipMiddleware as StarletteGZip
+from starlette.middleware.trustedhost import TrustedHostMiddleware as StarletteTrustedHost
+
+from ferroware.middleware import CORSMiddleware, GZipMiddleware, TrustedHostMiddleware
+
+REQUESTS = 2000
+IMPLS = {"starlette": (StarletteCORS, StarletteTrustedHost, StarletteGZip), "ferroware": (CORSMiddleware, TrustedHostMiddleware, GZipMiddleware)}  # fmt: skip
+CORS_CONFIG = {"allow_origins": ["https://app.example", "https://admin.example"], "allow_methods": ["GET", "POST"],
+               "allow_headers": ["X-Token"], "allow_credentials": True}  # fmt: skip
+
+
+def _json_body() -> bytes:
+    rng = random.Random(1)
+    words = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(3, 10))) for _ in range(400)]
+    rows: list[dict[str, Any]] = []
+    while len(json.dumps(rows)) < 100 * 1024:
+        rows.append({"id": len(rows), "user": rng.choice(words) + str(rng.randint(1, 999)),
+                     "email": f"{rng.choice(words)}@{rng.choice(words)}.com", "score": round(rng.random() * 1000, 3),
+                     "active": rng.random() < 0.5, "tags": rng.sample(words, 3), "bio": " ".join(rng.choices(words, k=8))})  # fmt: skip
+    return json.dumps(rows).encode()[: 100 * 1024]
+
+
+JSON_BODY = _json_body()
+RESPONSE_BODY = b"Hello, world!"
+
+
+async def app(scope: Any, receive: Any, send: Any) -> None:
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", b"13")]})  # fmt: skip
+    await send({"type": "http.response.body", "body": RESPONSE_BODY})
+
+
+async def json_app(scope: Any, receive: Any, send: Any) -> None:
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(JSON_BODY)).encode())]})  # fmt: skip
+    await send({"type": "http.response.body", "body": JSON_BODY})
+
+
+async def receive() -> dict[str, Any]:
+    return {"type": "http.request", "body": b"", "more_body": False}
+
+
+def scope_for(method: str, headers: list[tuple[bytes, bytes]]) -> dict[str, Any]:
+    return {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method, "scheme": "http",
+            "path": "/", "raw_path": b"/", "query_string": b"", "root_path": "", "server": ("app.example", 80),
+            "client": ("127.0.0.1", 5000), "headers": headers}  # fmt: skip
+
+
+SIMPLE = lambda: scope_for("GET", [(b"host", b"app.example"), (b"origin", b"https://app.example"), (b"accept", b"*/*")])  # noqa: E731
+PREFLIGHT = lambda: scope_for("OPTIONS", [(b"host", b"app.example"), (b"origin", b"https://app.example"),  # noqa: E731
+                                          (b"access-control-request-method", b"POST"),
+                                          (b"access-control-request-headers", b"x-token, content-type")])  # fmt: skip
+HOSTED = lambda: scope_for("GET", [(b"host", b"api.example.com:8000"), (b"accept", b"*/*")])  # noqa: E731
+
+
+def batch(asgi: Any, make_scope: Callable[[], dict[str, Any]], n: int) -> Callable[[], list[Any]]:
+    def run() -> list[Any]:
+        sent: list[Any] = []
+
+        async def send(message: Any) -> None:
+            sent.append(message)
+
+        async def many() -> None:
+            for _ in range(n):
+                await asgi(make_scope(), receive, send)
+
+        coro = many()
+        try:
+            coro.send(None)
+        except StopIteration:
+            pass
+        else:  # pragma: no cover
+            raise RuntimeError("the batch suspended")
+        return sent
+
+    return run
+
+
+CASES = {
+    "cors-simple": (0, {**CORS_CONFIG}, SIMPLE),
+    "cors-preflight": (0, {**CORS_CONFIG}, PREFLIGHT),
+    "trustedhost": (1, {"allowed_hosts": ["example.com", "*.example.com"]}, HOSTED),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("impl", ["bare", *IMPLS])
+def test_middleware(benchmark: Any, case: str, impl: str) -> None:
+    index, config, make_scope = CASES[case]
+    asgi = app if impl == "bare" else IMPLS[impl][index](app, **config)
+    benchmark.group = case
+    benchmark.extra_info.update(builtin_case=case, builtin_impl=impl, requests=REQUESTS)
+    sent = benchmark(batch(asgi, make_scope, REQUESTS))
+    assert len(sent) == 2 * REQUESTS
+    if case == "cors-preflight" and impl != "bare":
+        assert sent[0]["status"] == 200
+
+
+@pytest.mark.parametrize("impl", list(IMPLS))
+def test_gzip_100k_json(benchmark: Any, impl: str) -> None:
+    asgi = IMPLS[impl][2](json_app)
+    benchmark.group = "gzip-100k-json"
+    make_scope = lambda: scope_for("GET", [(b"host", b"app.example"), (b"accept-encoding", b"gzip, br")])  # noqa: E731
+    sent = benchmark(batch(asgi, make_scope, 1))
+    body = sent[1]["body"]
+    assert zlib.decompress(body, 16 + zlib.MAX_WBITS) == JSON_BODY
+    benchmark.extra_info.update(builtin_case="gzip-100k-json", builtin_impl=impl, requests=1, size=len(body), raw=len(JSON_BODY))

@@ -1,0 +1,23 @@
+"""Starlette's built-in middleware with their request and header logic compiled.
+
+Each class takes the same constructor arguments, with the same defaults, and
+behaves as Starlette 1.10.0's class of the same name; changing the import is
+the whole migration::
+
+    from ferroware.middleware import CORSMiddleware  # was: from starlette.middleware.cors import ...
+"""
+
+from __future__ import annotations
+
+from ferroware.middleware.cors import CORSMiddleware
+from ferroware.middleware.gzip import GZipMiddleware, GZipResponder
+from ferroware.middleware.httpsredirect import HTTPSRedirectMiddleware
+from ferroware.middleware.trustedhost import TrustedHostMiddleware
+
+__all__ = [
+    "CORSMiddleware",
+    "GZipMiddleware",
+    "GZipResponder",
+    "HTTPSRedirectMiddleware",
+    "TrustedHostMiddleware",
+]

@@ -1,0 +1,196 @@
+//! `GZipMiddleware`'s compiled parts: a gzip stream (flate2 on the zlib-rs
+//! backend, the same format and levels as Python's `zlib.compressobj(level,
+//! DEFLATED, 16 + MAX_WBITS)`) and the response-header decisions.
+//!
+//! Chunks over `DETACH_OVER` bytes are compressed with the GIL released, so
+//! other Python threads (and the worker-thread path for large bodies) run
+//! meanwhile.
+
+use flate2::{Compress, Compression, FlushCompress, Status};
+use pyo3::exceptions::{PyRuntimeError, PyValueError};
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList};
+
+use super::{as_list, first_value, latin1, py_lower, py_strip, value_bytes};
+use crate::headers::{delete_raw, find_raw, set_raw, values_raw};
+
+/// Bodies larger than this are compressed without holding the GIL.
+const DETACH_OVER: usize = 64 * 1024;
+
+/// One response's gzip stream.
+#[pyclass(module = "ferroware._core")]
+pub struct GzipStream {
+    level: u32,
+    /// Made on the first chunk; None again once finished.
+    inner: Option<Compress>,
+    finished: bool,
+}
+
+fn run(c: &mut Compress, input: &[u8], flush: FlushCompress) -> Result<Vec<u8>, String> {
+    let mut out: Vec<u8> = Vec::with_capacity(input.len() / 3 + 64);
+    let mut consumed = 0usize;
+    loop {
+        if out.capacity() - out.len() < 64 {
+            out.reserve(out.capacity().max(1024));
+        }
+        let before = c.total_in();
+        let status = c.compress_vec(&input[consumed..], &mut out, flush).map_err(|e| e.to_string())?;
+        consumed += (c.total_in() - before) as usize;
+        match (flush, status) {
+            (_, Status::StreamEnd) => return Ok(out),
+            (FlushCompress::Finish, _) => {}
+            // A flush is complete when all input is in and output space was left over.
+            _ if consumed == input.len() && out.len() < out.capacity() => return Ok(out),
+            _ => {}
+        }
+    }
+}
+
+#[pymethods]
+impl GzipStream {
+    #[new]
+    #[pyo3(signature = (level=9))]
+    fn new(level: i32) -> PyResult<Self> {
+        let level = match level {
+            -1 => 6,
+            0..=9 => level as u32,
+            _ => return Err(PyValueError::new_err(format!("Bad compression level: {level} (expected -1 to 9)"))),
+        };
+        Ok(GzipStream { level, inner: None, finished: false })
+    }
+
+    /// Compress a chunk: sync-flushed if more follow, else the stream's end.
+    fn compress<'py>(&mut self, py: Python<'py>, body: &Bound<'py, PyAny>, more_body: bool) -> PyResult<Bound<'py, PyBytes>> {
+        if self.finished {
+            return Err(PyRuntimeError::new_err("the gzip stream is already finished"));
+        }
+        let level = self.level;
+        let c = self.inner.get_or_insert_with(|| Compress::new_gzip(Compression::new(level), 15));
+        let data = value_bytes(body)?;
+        let flush = if more_body { FlushCompress::Sync } else { FlushCompress::Finish };
+        let out = if data.len() > DETACH_OVER {
+            let input: &[u8] = &data;
+            py.detach(|| run(c, input, flush))
+        } else {
+            run(c, &data, flush)
+        }
+        .map_err(PyRuntimeError::new_err)?;
+        if !more_body {
+            self.finished = true;
+            self.inner = None;
+        }
+        Ok(PyBytes::new(py, &out))
+    }
+}
+
+/// One-shot gzip of `data` at `level` (for benchmarks and tests).
+#[pyfunction]
+#[pyo3(signature = (data, level=9))]
+fn gzip_compress<'py>(py: Python<'py>, data: &Bound<'py, PyAny>, level: i32) -> PyResult<Bound<'py, PyBytes>> {
+    GzipStream::new(level)?.compress(py, data, false)
+}
+
+/// The media types a content-type header stands for, as Starlette's
+/// `IdentityResponder` derives them: the type, `type/*`, and
+/// `application/grpc` for `application/grpc+...`.
+fn media_types(content_type: &[u8]) -> Vec<String> {
+    let text = latin1(content_type);
+    let media = py_lower(py_strip(text.split(';').next().unwrap_or("")));
+    let family = format!("{}/*", media.split('/').next().unwrap_or(""));
+    let grpc = media.starts_with("application/grpc+");
+    let mut out = vec![media, family];
+    if grpc {
+        out.push("application/grpc".to_string());
+    }
+    out
+}
+
+/// For a response start: makes its `headers` a list (put back into the
+/// message) and returns `(headers, passthrough)`, where `passthrough` is true
+/// if the response is left alone (it has a Content-Encoding, is a 206, or its
+/// content type is excluded).
+#[pyfunction]
+fn gzip_inspect_start<'py>(
+    message: &Bound<'py, PyAny>,
+    excluded: Vec<String>,
+) -> PyResult<(Bound<'py, PyList>, bool)> {
+    let py = message.py();
+    let key = intern!(py, "headers");
+    let current = match message.cast::<PyDict>() {
+        Ok(d) => d.get_item(key)?,
+        Err(_) => Some(message.call_method1(intern!(py, "setdefault"), (key, PyList::empty(py)))?),
+    };
+    let list = match current {
+        Some(h) => match h.cast_into::<PyList>() {
+            Ok(l) => l,
+            Err(e) => {
+                let l = as_list(&e.into_inner())?;
+                message.set_item(key, &l)?;
+                l
+            }
+        },
+        None => {
+            let l = PyList::empty(py);
+            message.set_item(key, &l)?;
+            l
+        }
+    };
+    if find_raw(&list, b"content-encoding", 0)?.is_some() {
+        return Ok((list, true));
+    }
+    let status = message.get_item(intern!(py, "status"))?;
+    if status.eq(206)? {
+        return Ok((list, true));
+    }
+    let content_type = match first_value(&list, b"content-type")? {
+        Some(v) => value_bytes(&v)?.into_owned(),
+        None => Vec::new(),
+    };
+    let excluded_hit = media_types(&content_type).iter().any(|m| excluded.iter().any(|e| e == m));
+    Ok((list, excluded_hit))
+}
+
+/// The header edit before the first body goes out: `Vary: Accept-Encoding`
+/// added; if the body was compressed, `Content-Encoding` set and
+/// `Content-Length` set to `length` (or removed when `length` is None).
+#[pyfunction]
+#[pyo3(signature = (headers, encoding, length))]
+fn gzip_edit_headers(headers: &Bound<'_, PyList>, encoding: Option<&Bound<'_, PyBytes>>, length: Option<usize>) -> PyResult<()> {
+    let py = headers.py();
+    let mut vary = Vec::new();
+    for value in values_raw(headers, b"vary")? {
+        vary.extend_from_slice(&value_bytes(&value)?);
+        vary.extend_from_slice(b", ");
+    }
+    vary.extend_from_slice(b"Accept-Encoding");
+    set_raw(headers, b"vary", PyBytes::new(py, &vary).into_any())?;
+    if let Some(encoding) = encoding {
+        set_raw(headers, b"content-encoding", encoding.clone().into_any())?;
+        match length {
+            Some(n) => set_raw(headers, b"content-length", PyBytes::new(py, n.to_string().as_bytes()).into_any())?,
+            None => delete_raw(headers, b"content-length")?,
+        }
+    }
+    Ok(())
+}
+
+/// Starlette's test for gzip support: the substring `gzip` in the first
+/// Accept-Encoding field.
+#[pyfunction]
+fn accepts_gzip(scope: &Bound<'_, PyAny>) -> PyResult<bool> {
+    let list = super::scope_headers(scope)?;
+    Ok(match first_value(&list, b"accept-encoding")? {
+        Some(v) => value_bytes(&v)?.windows(4).any(|w| w == b"gzip"),
+        None => false,
+    })
+}
+
+pub fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<GzipStream>()?;
+    m.add_function(wrap_pyfunction!(gzip_compress, m)?)?;
+    m.add_function(wrap_pyfunction!(gzip_inspect_start, m)?)?;
+    m.add_function(wrap_pyfunction!(gzip_edit_headers, m)?)?;
+    m.add_function(wrap_pyfunction!(accepts_gzip, m)?)?;
+    Ok(())
+}

@@ -1,0 +1,118 @@
+//! The compiled parts of `ferroware.middleware`: Starlette's built-in
+//! middleware (CORS, trusted hosts, HTTPS redirect, gzip) with their request
+//! and header logic in Rust. One job per module, each with its own `init`:
+//!
+//! | module | job |
+//! | --- | --- |
+//! | `cors` | origin/method/header matching, the preflight response, the simple-response header edit |
+//! | `hosts` | Host header parsing (Starlette's `parse_host_header`) and allowed-host matching |
+//! | `gzip` | gzip streams (flate2 on zlib-rs) and the response-header decisions of `GZipMiddleware` |
+//!
+//! This file holds what they share: reading a scope's header list and
+//! Python's text rules (latin-1, `str.strip`, `str.lower`) on header bytes.
+
+use std::borrow::Cow;
+
+use pyo3::ffi;
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList};
+
+use crate::headers::{find_raw, value_at};
+
+pub mod cors;
+pub mod gzip;
+pub mod hosts;
+
+/// `scope["headers"]` as a list, as Starlette's `Headers(scope=scope)` sees it
+/// (a non-list is copied into a list and put back into the scope, as there).
+pub(crate) fn scope_headers<'py>(scope: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyList>> {
+    let py = scope.py();
+    let headers = scope.get_item(intern!(py, "headers"))?;
+    match headers.cast_into::<PyList>() {
+        Ok(list) => Ok(list),
+        Err(e) => {
+            let list = as_list(&e.into_inner())?;
+            scope.set_item(intern!(py, "headers"), &list)?;
+            Ok(list)
+        }
+    }
+}
+
+/// `list(obj)`.
+pub(crate) fn as_list<'py>(obj: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyList>> {
+    // SAFETY: PySequence_List returns a new reference to a list or NULL with an exception set.
+    let list = unsafe { Bound::from_owned_ptr_or_err(obj.py(), ffi::PySequence_List(obj.as_ptr()))? };
+    list.cast_into::<PyList>().map_err(PyErr::from)
+}
+
+/// The bytes of a header value object (normally `bytes`; anything else goes
+/// through `bytes(value)`).
+pub(crate) fn value_bytes<'a>(value: &'a Bound<'_, PyAny>) -> PyResult<Cow<'a, [u8]>> {
+    if let Ok(b) = value.cast::<PyBytes>() {
+        return Ok(Cow::Borrowed(b.as_bytes()));
+    }
+    let py = value.py();
+    let bytes = py.get_type::<PyBytes>().call1((value,))?;
+    Ok(Cow::Owned(bytes.cast_into::<PyBytes>()?.as_bytes().to_vec()))
+}
+
+/// The first value of the field `name` (lowercase ASCII), as a value object.
+pub(crate) fn first_value<'py>(list: &Bound<'py, PyList>, name: &[u8]) -> PyResult<Option<Bound<'py, PyAny>>> {
+    match find_raw(list, name, 0)? {
+        Some(idx) => value_at(list, idx).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Bytes read as latin-1 text (what `bytes.decode("latin-1")` gives).
+pub(crate) fn latin1(bytes: &[u8]) -> String {
+    bytes.iter().map(|&b| b as char).collect()
+}
+
+/// Text as latin-1 bytes, or None if a character is outside latin-1.
+pub(crate) fn to_latin1(text: &str) -> Option<Vec<u8>> {
+    text.chars().map(|c| u8::try_from(u32::from(c)).ok()).collect()
+}
+
+/// Python's `str.isspace()` for a character.
+pub(crate) fn py_space(c: char) -> bool {
+    matches!(c, '\t' | '\n' | '\x0b' | '\x0c' | '\r' | '\x1c'..='\x1f' | ' ' | '\u{85}' | '\u{a0}')
+        || (c > '\u{ff}' && c.is_whitespace())
+}
+
+/// Python's `str.strip()`.
+pub(crate) fn py_strip(text: &str) -> &str {
+    text.trim_matches(py_space)
+}
+
+/// Python's `str.lower()` (the same mapping as Rust's for every character a
+/// latin-1 header can hold).
+pub(crate) fn py_lower(text: &str) -> String {
+    text.chars().flat_map(char::to_lowercase).collect()
+}
+
+/// `(start, body)` messages of a plain-text response, as Starlette's
+/// `PlainTextResponse(text, status_code, headers)` sends them: the given
+/// fields (names lowercase), then content-length and content-type.
+pub(crate) fn text_response<'py>(
+    py: Python<'py>,
+    status: u16,
+    fields: &[(&[u8], &[u8])],
+    body: &[u8],
+) -> PyResult<(Bound<'py, PyDict>, Bound<'py, PyDict>)> {
+    let headers = PyList::empty(py);
+    for (name, value) in fields {
+        headers.append((PyBytes::new(py, name), PyBytes::new(py, value)))?;
+    }
+    headers.append((PyBytes::new(py, b"content-length"), PyBytes::new(py, body.len().to_string().as_bytes())))?;
+    headers.append((PyBytes::new(py, b"content-type"), PyBytes::new(py, b"text/plain; charset=utf-8")))?;
+    let start = PyDict::new(py);
+    start.set_item(intern!(py, "type"), intern!(py, "http.response.start"))?;
+    start.set_item(intern!(py, "status"), status)?;
+    start.set_item(intern!(py, "headers"), headers)?;
+    let end = PyDict::new(py);
+    end.set_item(intern!(py, "type"), intern!(py, "http.response.body"))?;
+    end.set_item(intern!(py, "body"), PyBytes::new(py, body))?;
+    Ok((start, end))
+}
