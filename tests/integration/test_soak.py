@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import SUMMARY, Server, ServerPool, attach_output
+from rel_harness import SUMMARY, Server, ServerPool, attach_output
 from rel_app import MB, SOAK_BODY, SOAK_LAYERS
 
 pytestmark = pytest.mark.integration
