@@ -37,7 +37,7 @@ import ferroware
 
 pytestmark = pytest.mark.integration
 
-EXAMPLES = int(os.environ.get("FERROWARE_FUZZ_EXAMPLES", "300"))
+EXAMPLES = int(os.environ.get("FERROWARE_FUZZ_EXAMPLES", "600"))
 TIMEOUT = 5.0
 
 
@@ -205,6 +205,23 @@ def drive(base: type, script: list[tuple[Any, ...]], client: Client, read: str, 
     return run
 
 
+filler = st.lists(st.sampled_from([("receive",), ("checkpoint",)]), max_size=2)
+
+
+@st.composite
+def valid_scripts(draw: st.DrawFn) -> list[tuple[Any, ...]]:
+    """A start, bodies, a final body (or none), sends after it, with receives and checkpoints between."""
+    script = [*draw(filler), draw(action.filter(lambda step: step[0] == "start"))]
+    for chunk in draw(st.lists(st.binary(max_size=64), max_size=4)):
+        script += [*draw(filler), ("body", chunk, True)]
+    ending = draw(st.sampled_from(["final", "default", "open"]))
+    if ending == "final":
+        script.append(("body", draw(st.binary(max_size=16)), False))
+    elif ending == "default":
+        script.append(("body-default",))
+    return script + draw(st.lists(action, max_size=2))  # after the end: discarded, or an app error
+
+
 clients = st.builds(
     Client,
     chunks=st.lists(st.binary(max_size=32), max_size=3),
@@ -216,7 +233,7 @@ STATS: dict[str, int] = {"examples": 0, "valid": 0, "invalid": 0, "app-error": 0
 
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    script=st.lists(action, max_size=8),
+    script=st.one_of(st.lists(action, max_size=8), valid_scripts()),
     client=clients,
     read=st.sampled_from(["none", "body", "stream"]),
     backend=st.sampled_from(["asyncio", "trio"]),
