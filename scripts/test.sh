@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
 # Builds ferroware into its own virtual environment and runs every test:
 # the Rust unit tests, then pytest (unit, differential, fault and Starlette
-# conformance tests, each async test on asyncio and trio, warnings as errors).
+# conformance tests, each async test on asyncio and trio, warnings as errors),
+# and the integration suite (tests/integration: real servers on 127.0.0.1, wrk).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv="${FERROWARE_TEST_VENV:-.venv-test}"
 python3 -m venv "$venv"
 "$venv/bin/python" -m pip install --quiet --upgrade pip
 # A release build: the tests exercise the same extension users get.
-"$venv/bin/python" -m pip install --quiet ".[test]" "maturin>=1.9.4,<2"
+"$venv/bin/python" -m pip install --quiet ".[test,integration]" "maturin>=1.9.4,<2"
+# wrk, the integration suite's load generator, is a Debian package (CI runs as root).
+if ! command -v wrk >/dev/null; then
+    apt-get update -qq && apt-get install -y -qq wrk >/dev/null
+fi
 cargo test --quiet
 # The wheel users get, in a clean environment with nothing else installed.
 bash scripts/check_wheel.sh "$venv"
