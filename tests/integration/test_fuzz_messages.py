@@ -231,6 +231,17 @@ clients = st.builds(
 STATS: dict[str, int] = {"examples": 0, "valid": 0, "invalid": 0, "app-error": 0}
 
 
+# Stock Starlette, the reference run, leaves its ``body_stream`` generator
+# unfinished when the client's send fails on trio, and trio reports it when the
+# generator is collected. That is stock's own leak (recorded in
+# docs/reliability.md), not ferroware's: only that exact report is ignored.
+STOCK_BODY_STREAM_LEAK = (
+    "ignore:Exception ignored in. <async_generator object "
+    "BaseHTTPMiddleware.__call__.<locals>.call_next.<locals>.body_stream:pytest.PytestUnraisableExceptionWarning"
+)
+
+
+@pytest.mark.filterwarnings(STOCK_BODY_STREAM_LEAK)
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     script=st.one_of(st.lists(action, max_size=8), valid_scripts()),

@@ -75,6 +75,14 @@ def test_event_stream_chunks_arrive_as_produced(server: Server, prefix: str) -> 
     assert all(gap > 0.05 for gap in gaps), f"events bunched up on {server.name}: gaps {gaps}"
 
 
+# granian 2.8.7 cuts an event stream whose generator polls the server's receive
+# (``request.is_disconnected()``) even with no middleware at all (``/bare``), at
+# random: these two tests can't tell ferroware's behaviour from granian's there.
+# Reproducer and details in docs/reliability.md; every other server runs them.
+SERVERS_WITH_RELIABLE_POLLS = [kind for kind in SERVER_KINDS if kind != "granian"]
+
+
+@pytest.mark.parametrize("server", SERVERS_WITH_RELIABLE_POLLS, indirect=True)
 @pytest.mark.parametrize("prefix", ["/ferro", "/stock", "/bare"])
 def test_event_stream_polling_is_disconnected_runs_to_the_end(server: Server, prefix: str) -> None:
     """A generator that polls ``await request.is_disconnected()`` before each event,
@@ -89,6 +97,7 @@ def test_event_stream_polling_is_disconnected_runs_to_the_end(server: Server, pr
 # --- disconnects -------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("server", SERVERS_WITH_RELIABLE_POLLS, indirect=True)
 def test_client_gone_mid_stream_stops_the_stream(server: Server) -> None:
     """A client that leaves after two events: the generator's ``finally`` runs and
     it produces nothing more, on ferroware as on stock Starlette."""
