@@ -308,7 +308,7 @@ def _add_layer(app: Starlette, implementation: str, framework: str, kind: str) -
     elif kind == "gzip":
         app.add_middleware(GZipMiddleware)
     elif implementation == "pure":
-        app.add_middleware(_PURE[kind])
+        app.add_middleware(_PURE[kind])  # type: ignore[arg-type]
     elif kind == "subclass":
         app.add_middleware(FerrowareHeaderMiddleware if implementation == "ferroware" else StockHeaderMiddleware)
     elif framework == "fastapi" or implementation == "ferroware":
@@ -320,6 +320,7 @@ def _add_layer(app: Starlette, implementation: str, framework: str, kind: str) -
 def build_app(case: str, implementation: str, layers: int, framework: str = "fastapi") -> ASGIApp:
     """The case's app behind ``layers`` layers, each the case's layer as ``implementation``."""
     spec = _check_names(case, implementation, framework)
+    app: Starlette
     if framework == "fastapi":
         import fastapi  # an optional extra: only needed here
 

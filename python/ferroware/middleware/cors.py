@@ -106,7 +106,7 @@ class CORSMiddleware:
             await self.app(scope, receive, send)
             return
         answer = self._policy.request(scope, send)
-        if type(answer) is tuple:  # a preflight request: answered here
+        if isinstance(answer, tuple):  # a preflight request: answered here
             await send(answer[0])
             await send(answer[1])
             return

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from urllib.parse import SplitResult, urlsplit
 
-from starlette.responses import PlainTextResponse, RedirectResponse
+from starlette.responses import Response, PlainTextResponse, RedirectResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ferroware._core import host_authority
@@ -35,8 +35,8 @@ def _redirect_url(scope: Scope) -> str | None:
         parts = urlsplit(SplitResult(scheme=scheme, netloc=netloc, path=path, query=query, fragment="").geturl())
         if not parts.netloc:
             return None
-        netloc = parts.hostname if parts.port in (80, 443) else parts.netloc
-        return parts._replace(scheme=_SECURE[parts.scheme], netloc=netloc).geturl()
+        host = parts.hostname if parts.port in (80, 443) else parts.netloc
+        return parts._replace(scheme=_SECURE[parts.scheme], netloc=host or "").geturl()
     except (ValueError, UnicodeDecodeError, KeyError):
         return None
 
@@ -50,6 +50,7 @@ class HTTPSRedirectMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] in ("http", "websocket") and scope["scheme"] in ("http", "ws"):
             location = _redirect_url(scope)
+            response: Response
             if location is None:
                 response = PlainTextResponse("Invalid host header", status_code=400)
             else:
