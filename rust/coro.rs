@@ -227,6 +227,12 @@ impl Ready {
     }
 }
 
+pub fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<Ready>()?;
+    m.add_class::<YieldOnce>()?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

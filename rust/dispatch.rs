@@ -42,6 +42,9 @@ pub enum State {
     Done,
 }
 
+/// `(get_running_loop, current_task, states, move)`, see `ferroware._scopes.asyncio_support`.
+pub type AsyncioScopes = (Py<PyAny>, Py<PyAny>, Py<PyDict>, Py<PyAny>);
+
 /// The Python pieces the compiled layer calls, fixed once at import.
 #[pyclass(module = "ferroware._core", frozen)]
 pub struct Hooks {
@@ -64,7 +67,7 @@ pub struct Hooks {
     /// or earlier when a send from another task wakes it (see `drive.rs`).
     pub make_proxy: Py<PyAny>,
     /// `(get_running_loop, current_task, states, move)` or None, see `ferroware._scopes`.
-    pub asyncio_scopes: Option<(Py<PyAny>, Py<PyAny>, Py<PyDict>, Py<PyAny>)>,
+    pub asyncio_scopes: Option<AsyncioScopes>,
     /// `trio_scopes() -> (task, holder, attribute, move) | None`.
     pub trio_scopes: Py<PyAny>,
 }
@@ -82,7 +85,7 @@ impl Hooks {
         others_ready: Py<PyAny>,
         checkpoint: Py<PyAny>,
         make_proxy: Py<PyAny>,
-        asyncio_scopes: Option<(Py<PyAny>, Py<PyAny>, Py<PyDict>, Py<PyAny>)>,
+        asyncio_scopes: Option<AsyncioScopes>,
         trio_scopes: Py<PyAny>,
     ) -> Self {
         Hooks {
@@ -378,7 +381,7 @@ impl Channel {
 
 fn is_http(scope: &Bound<'_, PyAny>) -> PyResult<bool> {
     let py = scope.py();
-    Ok(scope.get_item(intern!(py, "type"))?.eq(intern!(py, "http"))?)
+    scope.get_item(intern!(py, "type"))?.eq(intern!(py, "http"))
 }
 
 /// What `send` gave back.
@@ -528,10 +531,8 @@ impl Pause {
 pub fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Hooks>()?;
     m.add_class::<ScopeTracker>()?;
-    m.add_class::<crate::coro::YieldOnce>()?;
     m.add_class::<Dispatcher>()?;
     m.add_class::<Channel>()?;
     m.add_class::<Pause>()?;
-    m.add_class::<Ready>()?;
     Ok(())
 }

@@ -1,4 +1,5 @@
-//! ferroware's compiled core: the `call_next` dispatcher and the stack builder.
+//! ferroware's compiled core: the `call_next` dispatcher, the stack builder,
+//! the header classes, live timings and the built-in middleware.
 //!
 //! Each submodule owns one job and registers its classes through its own `init`;
 //! this file only wires them into the `ferroware._core` module.
@@ -19,6 +20,7 @@ mod timing;
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    coro::init(m)?;
     dispatch::init(m)?;
     drive::init(m)?;
     layer::init(m)?;
