@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp
 
-from ferroware.base import BaseHTTPMiddleware, DispatchFunction, RequestResponseEndpoint
+from ferroware.base import WIRING, BaseHTTPMiddleware, DispatchFunction, RequestResponseEndpoint, note_rewired
 
 __all__ = ["STOCK_BASE", "STOCK_CALL", "AcceleratedLayer", "accelerate"]
 
@@ -66,6 +66,8 @@ class AcceleratedLayer(BaseHTTPMiddleware):
         return getattr(self._layer, name)
 
     def __setattr__(self, name: str, value: Any) -> None:
+        if name in WIRING:
+            note_rewired()
         setattr(self._layer, name, value)
 
     def __repr__(self) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -47,6 +48,11 @@ class BaseHTTPMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await run_layer(self, scope, receive, send)
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in WIRING and name in self.__dict__:
+            note_rewired()
+        object.__setattr__(self, name, value)
+
     async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
         raise NotImplementedError()  # pragma: no cover
 
@@ -61,19 +67,39 @@ def run_layer(layer: object, scope: Scope, receive: Receive, send: Send) -> Awai
     return dispatcher_for(layer)(scope, receive, send)
 
 
+# The attributes that wire a layer into its stack.
+WIRING = frozenset({"app", "dispatch_func"})
+# Bumped whenever a ferroware layer's wiring is reassigned (rare): every cached
+# dispatcher, and so every compiled link between layers, is then made again.
+_rewired = [0]
+
+
+def note_rewired() -> None:
+    """A layer's ``app`` or ``dispatch_func`` was reassigned after it was set."""
+    _rewired[0] += 1
+
+
 def dispatcher_for(layer: object) -> Dispatcher:
-    """The layer's compiled dispatcher, made on first use and again if ``.app``
-    or ``.dispatch_func`` was reassigned since.
+    """The layer's compiled dispatcher, made on first use and again when any
+    layer's ``.app`` or ``.dispatch_func`` was reassigned since.
 
     When the downstream app is itself a ferroware layer, its dispatcher is
     linked as ``inner``: a request then goes from one layer's channel straight
-    into the next layer, with no Python frame in between.
+    into the next layer, with no Python frame in between. That link is why a
+    reassignment anywhere (the inner layer's included) renews them all.
     """
     app: ASGIApp = layer.app  # type: ignore[attr-defined]
     dispatch_func = layer.dispatch_func  # type: ignore[attr-defined]
-    dispatcher: Dispatcher | None = layer.__dict__.get("_ferroware_dispatcher")
-    if dispatcher is None or dispatcher.app is not app or dispatcher.dispatch_func is not dispatch_func:
+    state = layer.__dict__
+    dispatcher: Dispatcher | None = state.get("_ferroware_dispatcher")
+    if (
+        dispatcher is None
+        or state.get("_ferroware_generation") != _rewired[0]
+        or dispatcher.app is not app
+        or dispatcher.dispatch_func is not dispatch_func
+    ):
+        state["_ferroware_generation"] = _rewired[0]
         inner = dispatcher_for(app) if type(app).__call__ is BaseHTTPMiddleware.__call__ else None
         timing = layer.__dict__.get("_ferroware_timing")  # set by the stack builder when timings are on
-        dispatcher = layer.__dict__["_ferroware_dispatcher"] = Dispatcher(app, dispatch_func, HOOKS, inner, timing)
+        dispatcher = state["_ferroware_dispatcher"] = Dispatcher(app, dispatch_func, HOOKS, inner, timing)
     return dispatcher
