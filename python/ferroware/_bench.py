@@ -19,8 +19,9 @@ factory (``Exchange``) shared by the CLI and the pytest-benchmark suite:
   50 chunks,
 - ``subclass``: a ``BaseHTTPMiddleware`` subclass setting a header (Starlette's
   class for stock, ferroware's for ferroware),
-- ``mixed``: a realistic stack, repeated: Starlette's ``CORSMiddleware`` and
-  ``GZipMiddleware`` (the same for all three), a request-id layer that reads
+- ``mixed``: a realistic stack, repeated: ``CORSMiddleware`` and
+  ``GZipMiddleware`` (Starlette's for stock and pure, ferroware's compiled
+  ones for ferroware), a request-id layer that reads
   and sets ``x-request-id``, and two header-setting decorator layers. Layer
   ``i`` (outermost first) is ``MIXED_UNIT[i % 5]``, so 5 layers is exactly
   that stack, 10 is it twice.
@@ -52,6 +53,8 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import ferroware
+from ferroware.middleware import CORSMiddleware as FerrowareCORSMiddleware
+from ferroware.middleware import GZipMiddleware as FerrowareGZipMiddleware
 from ferroware.base import BaseHTTPMiddleware
 
 IMPLEMENTATIONS = ("stock", "pure", "ferroware")
@@ -304,9 +307,10 @@ def _check_names(case: str, implementation: str, framework: str) -> Case:
 def _add_layer(app: Starlette, implementation: str, framework: str, kind: str) -> None:
     """Add one layer of ``kind`` as the new outermost user layer."""
     if kind == "cors":
-        app.add_middleware(CORSMiddleware, allow_origins=[ORIGIN], expose_headers=["x-request-id"])
+        cors = FerrowareCORSMiddleware if implementation == "ferroware" else CORSMiddleware
+        app.add_middleware(cors, allow_origins=[ORIGIN], expose_headers=["x-request-id"])
     elif kind == "gzip":
-        app.add_middleware(GZipMiddleware)
+        app.add_middleware(FerrowareGZipMiddleware if implementation == "ferroware" else GZipMiddleware)
     elif implementation == "pure":
         app.add_middleware(_PURE[kind])  # type: ignore[arg-type]
     elif kind == "subclass":
