@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from contextvars import ContextVar
-from typing import Literal
+from typing import Any, Literal
 
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
@@ -75,8 +75,8 @@ def chain(stack: ASGIApp) -> list[object]:
         node = getattr(node, "app")
 
 
-async def get(app: ASGIApp) -> tuple[int, dict[str, str]]:
-    """One GET / straight through the ASGI interface, in the calling task."""
+def http_scope(**extra: Any) -> Scope:
+    """A GET / scope as a server would make it; ``extra`` replaces or adds keys."""
     scope: Scope = {
         "type": "http",
         "asgi": {"version": "3.0"},
@@ -91,16 +91,30 @@ async def get(app: ASGIApp) -> tuple[int, dict[str, str]]:
         "client": ("127.0.0.1", 1234),
         "server": ("testserver", 80),
     }
+    scope.update(extra)
+    return scope
+
+
+async def serve(app: ASGIApp, incoming: Sequence[Message] = (), **scope: Any) -> list[Message]:
+    """One request straight through the ASGI interface, in the calling task:
+    ``receive`` gives ``incoming`` (an empty body by default), then a
+    disconnect; returns every message the app sent."""
+    pending = list(incoming) or [{"type": "http.request", "body": b"", "more_body": False}]
     sent: list[Message] = []
 
     async def receive() -> Message:
-        return {"type": "http.request", "body": b"", "more_body": False}
+        return pending.pop(0) if pending else {"type": "http.disconnect"}
 
     async def send(message: Message) -> None:
         sent.append(message)
 
-    await app(scope, receive, send)
-    start = sent[0]
+    await app(http_scope(**scope), receive, send)
+    return sent
+
+
+async def get(app: ASGIApp) -> tuple[int, dict[str, str]]:
+    """One GET / straight through the ASGI interface, in the calling task."""
+    start = (await serve(app))[0]
     assert start["type"] == "http.response.start"
     headers = {key.decode(): value.decode() for key, value in start["headers"]}
     return start["status"], headers

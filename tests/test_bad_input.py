@@ -21,6 +21,7 @@ from typing import Any
 
 import anyio
 import anyio.lowlevel
+import helpers
 import pytest
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
@@ -46,22 +47,9 @@ class Run:
 
 
 def http_scope(**extra: Any) -> Scope:
-    return {
-        "type": "http",
-        "asgi": {"version": "3.0", "spec_version": "2.4"},
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "http",
-        "path": "/",
-        "raw_path": b"/",
-        "root_path": "",
-        "query_string": b"",
-        "headers": [(b"host", b"testserver")],
-        "client": ("127.0.0.1", 50000),
-        "server": ("testserver", 80),
-        "state": {},
-        **extra,
-    }
+    return helpers.http_scope(
+        asgi={"version": "3.0", "spec_version": "2.4"}, client=("127.0.0.1", 50000), state={}, **extra
+    )
 
 
 @contextmanager

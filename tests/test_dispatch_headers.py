@@ -6,29 +6,15 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 import pytest
+from helpers import serve
 import starlette.datastructures
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
-from starlette.types import Message
 
 import ferroware
 
 CallNext = Callable[[Request], Awaitable[Response]]
-
-
-async def _serve(app: ferroware.Starlette, headers: list[tuple[bytes, bytes]]) -> list[Message]:
-    sent: list[Message] = []
-
-    async def receive() -> Message:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    async def send(message: Message) -> None:
-        sent.append(message)
-
-    scope = {"type": "http", "method": "GET", "path": "/", "headers": headers, "query_string": b"", "root_path": ""}
-    await app(scope, receive, send)
-    return sent
 
 
 @pytest.mark.anyio
@@ -53,7 +39,7 @@ async def test_request_and_response_headers_in_dispatch() -> None:
         del response.headers["x-down"]
         return response
 
-    sent = await _serve(app, [(b"user-agent", b"tests"), (b"cookie", b"a=1"), (b"cookie", b"b=2")])
+    sent = await serve(app, headers=[(b"user-agent", b"tests"), (b"cookie", b"a=1"), (b"cookie", b"b=2")])
     assert seen == {
         "request_type": ferroware.Headers,
         "same_object": True,

@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 
 import anyio
 import pytest
+from helpers import http_scope, serve
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.base import BaseHTTPMiddleware as StockBaseHTTPMiddleware
@@ -22,20 +23,6 @@ CallNext = Callable[[Request], Awaitable[Response]]
 IMPLEMENTATIONS = [pytest.param(StockBaseHTTPMiddleware, id="stock"), pytest.param(BaseHTTPMiddleware, id="ferroware")]
 
 request_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_var", default="unset")
-
-
-async def _serve(app: Starlette, method: str, messages: list[Message]) -> list[Message]:
-    sent: list[Message] = []
-
-    async def receive() -> Message:
-        return messages.pop(0) if messages else {"type": "http.disconnect"}
-
-    async def send(message: Message) -> None:
-        sent.append(message)
-
-    scope = {"type": "http", "method": method, "path": "/", "headers": [], "query_string": b"", "root_path": ""}
-    await app(scope, receive, send)
-    return sent
 
 
 @pytest.mark.anyio
@@ -53,7 +40,7 @@ async def test_contextvar_set_downstream_is_seen_after_call_next(middleware_cls:
         return response
 
     app = Starlette(routes=[Route("/", endpoint)], middleware=[Middleware(middleware_cls, dispatch=dispatch)])
-    await _serve(app, "GET", [])
+    await serve(app)
     expected = "set by endpoint" if middleware_cls is BaseHTTPMiddleware else "unset"
     assert seen == [expected]
 
@@ -76,7 +63,7 @@ async def test_endpoint_sees_disconnect_behind_middleware(middleware_cls: type) 
         middleware=[Middleware(middleware_cls, dispatch=dispatch)],
     )
     client_went_away = [{"type": "http.request", "body": b"abc", "more_body": False}, {"type": "http.disconnect"}]
-    await _serve(app, "POST", client_went_away)
+    await serve(app, client_went_away, method="POST")
     assert seen == [middleware_cls is BaseHTTPMiddleware]
 
 
@@ -110,8 +97,7 @@ async def test_connected_client_is_not_reported_disconnected() -> None:
     async def send(message: Message) -> None:
         sent.append(message)
 
-    scope = {"type": "http", "method": "POST", "path": "/", "headers": [], "query_string": b"", "root_path": ""}
     with anyio.fail_after(5):
-        await app(scope, receive, send)
+        await app(http_scope(method="POST"), receive, send)
     assert seen == [False]
     assert sent[-1] == {"type": "http.response.body", "body": b"", "more_body": False}

@@ -5,9 +5,10 @@ compiled links to each other are made again)."""
 from __future__ import annotations
 
 import pytest
+from helpers import serve
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from ferroware import BaseHTTPMiddleware
 
@@ -24,37 +25,28 @@ async def passthrough(request: Request, call_next) -> Response:  # type: ignore[
     return await call_next(request)
 
 
-async def _get(app: BaseHTTPMiddleware) -> bytes:
-    sent: list[Message] = []
-
-    async def receive() -> Message:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    async def send(message: Message) -> None:
-        sent.append(message)
-
-    await app({"type": "http", "method": "GET", "path": "/", "headers": []}, receive, send)
-    return b"".join(message.get("body", b"") for message in sent)
+async def _body(app: BaseHTTPMiddleware) -> bytes:
+    return b"".join(message.get("body", b"") for message in await serve(app))
 
 
 @pytest.mark.anyio
 async def test_inner_layer_app_reassigned() -> None:
     inner = BaseHTTPMiddleware(_answer(b"first"), dispatch=passthrough)
     outer = BaseHTTPMiddleware(inner, dispatch=passthrough)
-    assert await _get(outer) == b"first"
+    assert await _body(outer) == b"first"
     inner.app = _answer(b"second")
-    assert await _get(outer) == b"second"
+    assert await _body(outer) == b"second"
 
 
 @pytest.mark.anyio
 async def test_inner_layer_dispatch_reassigned() -> None:
     inner = BaseHTTPMiddleware(_answer(b"body"), dispatch=passthrough)
     outer = BaseHTTPMiddleware(inner, dispatch=passthrough)
-    assert await _get(outer) == b"body"
+    assert await _body(outer) == b"body"
 
     async def replace(request: Request, call_next) -> Response:  # type: ignore[no-untyped-def]
         await call_next(request)
         return Response(b"replaced")
 
     inner.dispatch_func = replace
-    assert await _get(outer) == b"replaced"
+    assert await _body(outer) == b"replaced"

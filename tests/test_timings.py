@@ -8,9 +8,9 @@ from collections.abc import Awaitable, Callable
 
 import fastapi
 import pytest
+from helpers import serve
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import Message
 
 import ferroware
 
@@ -39,26 +39,12 @@ def _app() -> fastapi.FastAPI:
     return app
 
 
-async def _get(app: fastapi.FastAPI) -> list[Message]:
-    sent: list[Message] = []
-
-    async def receive() -> Message:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    async def send(message: Message) -> None:
-        sent.append(message)
-
-    scope = {"type": "http", "method": "GET", "path": "/", "headers": [], "query_string": b"", "root_path": ""}
-    await app(scope, receive, send)
-    return sent
-
-
 @pytest.mark.anyio
 async def test_snapshot_counts_and_own_time_per_layer() -> None:
     app = _app()
     ferroware.install(app, timings=True)
     for _ in range(5):
-        await _get(app)
+        await serve(app)
     snapshot = ferroware.timings(app)
     assert list(snapshot) == ["busy", "quick"]  # outermost first
     assert {stats["count"] for stats in snapshot.values()} == {5}
@@ -72,7 +58,7 @@ async def test_snapshot_counts_and_own_time_per_layer() -> None:
 async def test_server_timing_field_per_layer() -> None:
     app = _app()
     ferroware.install(app, timings=True)
-    start = (await _get(app))[0]
+    start = (await serve(app))[0]
     fields = [value for name, value in start["headers"] if name == b"server-timing"]
     parsed = {m.group(2).decode(): float(m.group(3)) for m in map(SERVER_TIMING.match, fields) if m}
     assert len(parsed) == len(fields) == 2, fields
@@ -84,12 +70,12 @@ async def test_server_timing_field_per_layer() -> None:
 async def test_off_by_default_and_after_uninstall() -> None:
     app = _app()
     ferroware.install(app)
-    start = (await _get(app))[0]
+    start = (await serve(app))[0]
     assert all(name != b"server-timing" for name, _ in start["headers"])
     with pytest.raises(ValueError, match="timings are off"):
         ferroware.timings(app)
     ferroware.install(app, timings=True)  # turning them on later rebuilds the stack
-    await _get(app)
+    await serve(app)
     assert ferroware.timings(app)["busy"]["count"] == 1
     ferroware.uninstall(app)
     with pytest.raises(ValueError, match="timings are off"):
