@@ -174,58 +174,25 @@ crate::awaitable_pymethods!(YieldOnce {
     }
 });
 
-/// An awaitable that is already done: `await Ready(x)` is `x` with no suspension.
-/// Used where the answer is known at call time (a swallowed send after the
-/// response has gone out), so no coroutine frame is created for it.
+/// An awaitable that is already done: `await Ready()` is None with no
+/// suspension (for `aclose()` on the body iterator, which has nothing to wait for).
 #[pyclass(module = "ferroware._core", freelist = 64)]
-pub struct Ready {
-    value: Option<Py<PyAny>>,
-}
+pub struct Ready;
 
 impl Ready {
     pub fn none(py: Python<'_>) -> PyResult<Py<PyAny>> {
-        Ready { value: None }.into_py_any(py)
-    }
-}
-
-#[pymethods]
-impl Ready {
-    fn __await__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
-        slf
+        Ready.into_py_any(py)
     }
 
-    fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
-        slf
-    }
-
-    fn __next__(&mut self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
-        match self.value.take() {
-            // Returning nothing ends the iteration with the value None, with
-            // no StopIteration object made.
-            None => Ok(None),
-            Some(value) => Err(stop_iteration(py, value)),
+    fn step(&mut self, _py: Python<'_>, input: Input) -> PyResult<Option<Py<PyAny>>> {
+        match input {
+            Input::Send(_) => Ok(None),
+            Input::Throw(err) => Err(err),
         }
     }
-
-    fn send(&mut self, py: Python<'_>, _value: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
-        Err(stop_iteration(py, self.value.take().unwrap_or_else(|| py.None())))
-    }
-
-    #[pyo3(signature = (typ, val=None, tb=None))]
-    fn throw(
-        &mut self,
-        py: Python<'_>,
-        typ: &Bound<'_, PyAny>,
-        val: Option<&Bound<'_, PyAny>>,
-        tb: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<Py<PyAny>> {
-        Err(exception_from_throw_args(py, typ, val, tb)?)
-    }
-
-    fn close(&mut self) {
-        self.value = None;
-    }
 }
+
+crate::awaitable_pymethods!(Ready {});
 
 pub fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Ready>()?;
