@@ -15,13 +15,14 @@
 
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyString, PyType};
+use pyo3::types::{PyDict, PyString, PyTuple, PyType};
 use pyo3::{ffi, intern, IntoPyObjectExt};
 
 use crate::coro::{exception_from_throw_args, Ready};
 use crate::drive::{Drive, Goal};
 use crate::layer::RunLayer;
 use crate::message::Message;
+use crate::objects::shape;
 use crate::timing::{Timing, Timings};
 
 /// Where the request stands, from the middleware's side.
@@ -45,17 +46,27 @@ pub enum State {
 /// `(get_running_loop, current_task, states, move)`, see `ferroware._scopes.asyncio_support`.
 pub type AsyncioScopes = (Py<PyAny>, Py<PyAny>, Py<PyDict>, Py<PyAny>);
 
+/// What the layer sets on each request it builds (`RunLayer::begin`).
+pub const REQUEST_FIELDS: [&str; 4] = ["scope", "_receive", "_send", "channel"];
+/// What each response `call_next` returns holds as its own (`drive::make_response`).
+pub const RESPONSE_FIELDS: [&str; 6] = ["status_code", "raw_headers", "body_iterator", "info", "background", "_headers"];
+
 /// The Python pieces the compiled layer calls, fixed once at import.
 #[pyclass(module = "ferroware._core", frozen)]
 pub struct Hooks {
     /// The request `dispatch` sees; it has a `channel` attribute and a
     /// `downstream_receive()` method.
     pub request_cls: Py<PyType>,
-    /// What `request_cls(scope, receive, send).__dict__` holds, with `scope`,
-    /// `_receive` and `_send` to be filled in; None to call the class instead.
-    pub request_template: Option<Py<PyDict>>,
+    /// The `__dict__` shape of a new request: what `request_cls(scope,
+    /// receive, send).__dict__` holds, with `scope`, `_receive`, `_send` and
+    /// `channel` to be filled in (see `objects`); None to call the class instead.
+    pub request_shape: Option<Py<PyDict>>,
     /// The response class `call_next` returns (built without running `__init__`).
     pub response_cls: Py<PyType>,
+    /// The `__dict__` shape of a new response: its per-response attributes,
+    /// and `info`, `background` and `_headers` (the cached `headers`) as None,
+    /// found in the instance, not the class.
+    pub response_shape: Py<PyDict>,
     /// `foreign_send(channel, message) -> Awaitable[None]`, for a send the
     /// channel can't take directly (another task's, or one after the response).
     pub foreign_send: Py<PyAny>,
@@ -70,14 +81,19 @@ pub struct Hooks {
     pub asyncio_scopes: Option<AsyncioScopes>,
     /// `trio_scopes() -> (task, holder, attribute, move) | None`.
     pub trio_scopes: Py<PyAny>,
+    /// The code objects of the `__call__` methods of Starlette's responses: a
+    /// suspended app frame running one of them tells whether a background
+    /// task follows the body (see `RunLayer::sent`).
+    pub response_calls: Py<PyTuple>,
 }
 
 #[pymethods]
 impl Hooks {
     #[new]
     #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (*, request_cls, request_template, response_cls, foreign_send, others_ready, checkpoint, make_proxy, asyncio_scopes, trio_scopes))]
+    #[pyo3(signature = (*, request_cls, request_template, response_cls, foreign_send, others_ready, checkpoint, make_proxy, asyncio_scopes, trio_scopes, response_calls))]
     fn new(
+        py: Python<'_>,
         request_cls: Py<PyType>,
         request_template: Option<Py<PyDict>>,
         response_cls: Py<PyType>,
@@ -87,18 +103,25 @@ impl Hooks {
         make_proxy: Py<PyAny>,
         asyncio_scopes: Option<AsyncioScopes>,
         trio_scopes: Py<PyAny>,
-    ) -> Self {
-        Hooks {
+        response_calls: Py<PyTuple>,
+    ) -> PyResult<Self> {
+        let request_shape = match request_template {
+            Some(template) => Some(shape(py, Some(template.bind(py)), &REQUEST_FIELDS)?.unbind()),
+            None => None,
+        };
+        Ok(Hooks {
             request_cls,
-            request_template,
+            request_shape,
             response_cls,
+            response_shape: shape(py, None, &RESPONSE_FIELDS)?.unbind(),
             foreign_send,
             others_ready,
             checkpoint,
             make_proxy,
             asyncio_scopes,
             trio_scopes,
-        }
+            response_calls,
+        })
     }
 }
 

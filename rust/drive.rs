@@ -10,11 +10,10 @@
 
 use pyo3::exceptions::{PyGeneratorExit, PyRuntimeError, PyStopAsyncIteration};
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyType};
 use pyo3::{ffi, intern};
 
 use crate::coro::{resume, stop_iteration, Input, Step};
-use crate::dispatch::{Channel, ScopeTracker, State, Waiting};
+use crate::dispatch::{Channel, Hooks, ScopeTracker, State, Waiting};
 use crate::message::{Kind, Message};
 use crate::objects::instantiate;
 
@@ -331,13 +330,13 @@ impl DriveCore {
         match self.goal {
             Goal::Start => match kind {
                 Kind::Start { status, headers } => {
-                    let (info, cls) = {
+                    let (info, dispatcher) = {
                         let mut this = channel.borrow_mut();
                         this.state = State::Started;
                         let info = this.info.take().unwrap_or_else(|| py.None());
-                        (info, this.dispatcher.get().hooks.get().response_cls.clone_ref(py))
+                        (info, this.dispatcher.clone_ref(py))
                     };
-                    Ok(Next::Settle(match make_response(cls.bind(py), channel, &status, &headers, info) {
+                    Ok(Next::Settle(match make_response(dispatcher.get().hooks.get(), channel, &status, &headers, info) {
                         Ok(response) => Outcome::Return(response),
                         Err(err) => Outcome::Raise(err),
                     }))
@@ -516,22 +515,22 @@ fn chain_like_starlette(py: Python<'_>, err: PyErr) -> PyResult<PyErr> {
 /// The response `call_next` returns: `response_cls` with its per-response
 /// attributes set directly (this runs once per request per layer).
 fn make_response(
-    cls: &Bound<'_, PyType>,
+    hooks: &Hooks,
     channel: &Bound<'_, Channel>,
     status: &Bound<'_, PyAny>,
     headers: &Bound<'_, PyAny>,
     info: Py<PyAny>,
 ) -> PyResult<Py<PyAny>> {
-    let py = cls.py();
+    let py = channel.py();
     let fields = [
         (intern!(py, "status_code"), status),
         (intern!(py, "raw_headers"), headers),
         (intern!(py, "body_iterator"), channel.as_any()),
-        // `info`, `media_type` and `background` default to None on the class.
+        // `info` and `background` are None in the shape.
         (intern!(py, "info"), info.bind(py)),
     ];
     let set = if info.is_none(py) { &fields[..3] } else { &fields[..] };
-    Ok(instantiate(cls, &PyDict::new(py), set)?.unbind())
+    Ok(instantiate(hooks.response_cls.bind(py), hooks.response_shape.bind(py), set)?.unbind())
 }
 
 /// The awaitable behind `call_next` and the body iterator's `__anext__`.

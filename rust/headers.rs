@@ -20,6 +20,8 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple, PyType};
 use pyo3::{intern, IntoPyObjectExt};
 
+use crate::objects::{instance_dict, own_attr};
+
 // --------------------------------------------------------------------------- names and values
 
 /// RFC 9110 `tchar`: `!#$%&'*+-.^_`|~`, digits and letters.
@@ -844,11 +846,12 @@ impl MutableHeaders {
 #[pyfunction]
 fn response_headers<'py>(response: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
     let py = response.py();
-    let cached = response.getattr(intern!(py, "_headers"))?;
+    let attrs = instance_dict(response)?;
+    let cached = own_attr(response, Some(&attrs), intern!(py, "_headers"))?;
     if !cached.is_none() {
         return Ok(cached);
     }
-    let raw = response.getattr(intern!(py, "raw_headers"))?;
+    let raw = own_attr(response, Some(&attrs), intern!(py, "raw_headers"))?;
     let list = match raw.cast_into::<PyList>() {
         Ok(list) => list,
         Err(raw) => {
@@ -856,12 +859,12 @@ fn response_headers<'py>(response: &Bound<'py, PyAny>) -> PyResult<Bound<'py, Py
             let list = unsafe { Bound::from_owned_ptr_or_err(py, ffi::PySequence_List(raw.into_inner().as_ptr()))? }
                 .cast_into::<PyList>()
                 .map_err(PyErr::from)?;
-            response.setattr(intern!(py, "raw_headers"), &list)?;
+            attrs.set_item(intern!(py, "raw_headers"), &list)?;
             list
         }
     };
     let headers = MutableHeaders::wrap(py, list)?.into_bound(py).into_any();
-    response.setattr(intern!(py, "_headers"), &headers)?;
+    attrs.set_item(intern!(py, "_headers"), &headers)?;
     Ok(headers)
 }
 
@@ -871,13 +874,14 @@ fn response_headers<'py>(response: &Bound<'py, PyAny>) -> PyResult<Bound<'py, Py
 #[pyfunction]
 fn request_headers<'py>(request: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
     let py = request.py();
-    let cached = request.getattr(intern!(py, "_headers"))?;
+    let attrs = instance_dict(request)?;
+    let cached = own_attr(request, Some(&attrs), intern!(py, "_headers"))?;
     if !cached.is_none() {
         return Ok(cached);
     }
-    let scope = request.getattr(intern!(py, "scope"))?;
+    let scope = own_attr(request, Some(&attrs), intern!(py, "scope"))?;
     let headers = Bound::new(py, Headers::build(py, None, None, Some(&scope), false)?)?.into_any();
-    request.setattr(intern!(py, "_headers"), &headers)?;
+    attrs.set_item(intern!(py, "_headers"), &headers)?;
     Ok(headers)
 }
 

@@ -14,7 +14,7 @@
 
 use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList, PyMapping};
+use pyo3::types::{PyBytes, PyDict, PyList, PyMapping, PyTuple};
 use crate::timing::clock;
 use pyo3::{ffi, intern};
 
@@ -22,7 +22,7 @@ use crate::coro::{self, resume, Input};
 use crate::dispatch::{Channel, Dispatcher, Pause, Sent};
 use crate::drive::{DriveCore, Goal, Outcome};
 use crate::message::Message;
-use crate::objects::instantiate;
+use crate::objects::{instance_dict, instantiate, own_attr};
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Phase {
@@ -256,10 +256,10 @@ impl RunLayer {
             py,
             Channel::new(dispatcher, self.scope.clone_ref(py), py.None(), self.send.clone_ref(py)),
         )?;
-        let request = match &hooks.request_template {
-            Some(template) => instantiate(
+        let request = match &hooks.request_shape {
+            Some(shape) => instantiate(
                 hooks.request_cls.bind(py),
-                template.bind(py),
+                shape.bind(py),
                 &[
                     (intern!(py, "scope"), self.scope.bind(py)),
                     (intern!(py, "_receive"), self.receive.bind(py)),
@@ -311,7 +311,10 @@ impl RunLayer {
             Phase::NextChunk => {
                 let chunk = value.into_bound(py);
                 self.phase = Phase::SendChunk;
-                if chunk.is_instance_of::<PyDict>() || chunk.is_instance_of::<PyMapping>() {
+                // A chunk is bytes; a mapping is a pathsend message. (An ABC
+                // check for Mapping is slow, so bytes are told apart first.)
+                let bytes = chunk.is_instance_of::<PyBytes>();
+                if !bytes && (chunk.is_instance_of::<PyDict>() || chunk.is_instance_of::<PyMapping>()) {
                     self.pathsend = true;
                     return self.await_send(py, Message::Asgi(chunk.unbind()));
                 }
@@ -395,11 +398,18 @@ impl RunLayer {
         }
         self.add_server_timing(py, &response)?;
         let hooks = self.dispatcher.get().hooks.get();
-        let relayable = response.get_type().is(hooks.response_cls.bind(py))
-            && response
-                .getattr(intern!(py, "body_iterator"))
+        // `call_next`'s own response keeps its attributes in its __dict__:
+        // read there, with no lookup through the class first.
+        let attrs = match response.get_type().is(hooks.response_cls.bind(py)) {
+            true => Some(instance_dict(&response)?),
+            false => None,
+        };
+        let relayable = match &attrs {
+            Some(attrs) => own_attr(&response, Some(attrs), intern!(py, "body_iterator"))
                 .map(|it| it.is(self.channel()))
-                .unwrap_or(false);
+                .unwrap_or(false),
+            None => false,
+        };
         if !relayable {
             let receive = self.downstream_receive.as_ref().expect("set in begin").clone_ref(py);
             let coro = response.call1((&self.scope, receive, &self.send))?;
@@ -408,7 +418,8 @@ impl RunLayer {
             self.response = Some(response.unbind());
             return Ok(true);
         }
-        let info = response.getattr(intern!(py, "info"))?;
+        let attrs = attrs.as_ref();
+        let info = own_attr(&response, attrs, intern!(py, "info"))?;
         if !info.is_none() {
             let debug = PyDict::new(py);
             debug.set_item(intern!(py, "type"), intern!(py, "http.response.debug"))?;
@@ -416,8 +427,8 @@ impl RunLayer {
             self.head.push(Message::Asgi(debug.into_any().unbind()));
         }
         self.head.push(Message::Start {
-            status: response.getattr(intern!(py, "status_code"))?.unbind(),
-            headers: response.getattr(intern!(py, "raw_headers"))?.unbind(),
+            status: own_attr(&response, attrs, intern!(py, "status_code"))?.unbind(),
+            headers: own_attr(&response, attrs, intern!(py, "raw_headers"))?.unbind(),
         });
         self.response = Some(response.unbind());
         let first = self.head.remove(0);
@@ -446,8 +457,9 @@ impl RunLayer {
     }
 
     fn background(&mut self, py: Python<'_>) -> PyResult<bool> {
+        // Only a relayed response gets here: `call_next`'s own.
         let response = self.response.as_ref().expect("set in respond").bind(py);
-        let task = response.getattr(intern!(py, "background"))?;
+        let task = own_attr(response, Some(&instance_dict(response)?), intern!(py, "background"))?;
         if task.is_none() {
             return self.sent(py);
         }
@@ -462,10 +474,15 @@ impl RunLayer {
         // The outermost layer lets other ready tasks run before the app's
         // background work starts, as Starlette's call_next does. Inner layers
         // are resumed only after it, so one yield serves the whole stack.
+        //
+        // That yield costs a pass of the event loop per request, so it is
+        // skipped when the app's suspended frames show no background work.
         let outermost = !self.send.bind(py).is_instance_of::<Channel>();
         if outermost {
             let hooks = self.dispatcher.get().hooks.get();
-            if hooks.others_ready.bind(py).call0()?.is_truthy()? {
+            if hooks.others_ready.bind(py).call0()?.is_truthy()?
+                && self.background_pending(py, hooks.response_calls.bind(py))? != Some(false)
+            {
                 self.sub = Some(Sub::Py(awaitable_iter(&hooks.checkpoint.bind(py).call0()?)?));
                 self.phase = Phase::Checkpoint;
                 return Ok(true);
@@ -474,10 +491,119 @@ impl RunLayer {
         self.finish(py)
     }
 
+    /// Whether anything below this layer, suspended after the response, has a
+    /// background task to run: `Some(true)` or `Some(false)` when the
+    /// suspended frames tell, `None` when they can't.
+    fn background_pending(&self, py: Python<'_>, response_calls: &Bound<'_, PyTuple>) -> PyResult<Option<bool>> {
+        let peek = Peek { py, response_calls, depth: std::cell::Cell::new(0) };
+        peek.app_of(self.channel())
+    }
+
     fn finish(&mut self, _py: Python<'_>) -> PyResult<bool> {
         self.sub = Some(Sub::App(DriveCore::new(Goal::Finish)));
         self.phase = Phase::Finish;
         Ok(true)
+    }
+}
+
+/// A look down the suspended request, below a layer whose response went out,
+/// for background work still to run (see `RunLayer::sent`).
+///
+/// It follows what each level awaits down to where the innermost app is
+/// suspended: through ferroware layers (their own response, then their app)
+/// and coroutines (`cr_await`). A coroutine running one of Starlette's
+/// response `__call__` methods (`response_calls`) has the response as `self`,
+/// and its `background` is what runs after the body. Pure-ASGI frames on the
+/// way only return once their app does. A chain that ends at a raw `send`
+/// with no response frame in it, or at anything but a ferroware pause (a
+/// future, a foreign awaitable), leaves the answer unknown.
+struct Peek<'a, 'py> {
+    py: Python<'py>,
+    response_calls: &'a Bound<'py, PyTuple>,
+    depth: std::cell::Cell<usize>,
+}
+
+impl<'py> Peek<'_, 'py> {
+    /// Deeper than any real stack: a cycle or a pathological chain gives up.
+    const MAX_DEPTH: usize = 256;
+
+    /// Whether `response` has a background task (None: it has no such
+    /// attribute). A `relayed` response is `call_next`'s own, read in its `__dict__`.
+    fn has_background(&self, response: &Bound<'py, PyAny>, relayed: bool) -> Option<bool> {
+        let attrs = if relayed { instance_dict(response).ok() } else { None };
+        own_attr(response, attrs.as_ref(), intern!(self.py, "background")).ok().map(|task| !task.is_none())
+    }
+
+    /// What is left of the app a channel steps.
+    fn app_of(&self, channel: &Py<Channel>) -> PyResult<Option<bool>> {
+        let app = match channel.bind(self.py).try_borrow() {
+            Ok(channel) => channel.coro.as_ref().map(|coro| coro.clone_ref(self.py)),
+            Err(_) => return Ok(None),
+        };
+        match app {
+            // The app never started, or has returned.
+            None => Ok(Some(false)),
+            Some(app) => self.level(app.into_bound(self.py)),
+        }
+    }
+
+    fn layer(&self, layer: &Bound<'py, RunLayer>) -> PyResult<Option<bool>> {
+        let Ok(layer) = layer.try_borrow() else { return Ok(None) };
+        match layer.phase {
+            // Its own response, relayed or being sent, runs its background next.
+            Phase::Respond | Phase::SendHead | Phase::NextChunk | Phase::SendChunk | Phase::SendFinal => {
+                let relayed = layer.phase != Phase::Respond;
+                let response = layer.response.as_ref().map(|r| self.has_background(r.bind(self.py), relayed));
+                match response {
+                    Some(Some(false)) => {}
+                    Some(Some(true)) => return Ok(Some(true)),
+                    Some(None) | None => return Ok(None),
+                }
+            }
+            Phase::Checkpoint | Phase::Finish => {}
+            Phase::Done => return Ok(Some(false)),
+            // Still in `dispatch`, in its response's background, or unwinding.
+            Phase::Begin | Phase::Dispatch | Phase::Background | Phase::Abort => return Ok(None),
+        }
+        match &layer.channel {
+            Some(channel) => self.app_of(channel),
+            None => Ok(Some(false)),
+        }
+    }
+
+    /// A level of the chain: a ferroware layer or a coroutine.
+    fn level(&self, mut level: Bound<'py, PyAny>) -> PyResult<Option<bool>> {
+        let py = self.py;
+        let mut found_response = false;
+        loop {
+            self.depth.set(self.depth.get() + 1);
+            if self.depth.get() > Self::MAX_DEPTH {
+                return Ok(None);
+            }
+            if let Ok(layer) = level.cast::<RunLayer>() {
+                return self.layer(layer);
+            }
+            if level.is_instance_of::<Pause>() {
+                return Ok(found_response.then_some(false));
+            }
+            // SAFETY: a type check on a live object.
+            if unsafe { ffi::PyCoro_CheckExact(level.as_ptr()) } == 0 {
+                return Ok(None);
+            }
+            if self.response_calls.contains(level.getattr(intern!(py, "cr_code"))?)? {
+                let locals = level.getattr(intern!(py, "cr_frame"))?.getattr(intern!(py, "f_locals"))?;
+                match self.has_background(&locals.get_item(intern!(py, "self"))?, false) {
+                    Some(false) => found_response = true,
+                    Some(true) => return Ok(Some(true)),
+                    None => return Ok(None),
+                }
+            }
+            let awaited = level.getattr(intern!(py, "cr_await"))?;
+            if awaited.is_none() {
+                return Ok(None);
+            }
+            level = awaited;
+        }
     }
 }
 

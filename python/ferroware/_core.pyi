@@ -2,6 +2,7 @@
 public API in ``ferroware`` instead."""
 
 from collections.abc import Awaitable, Callable, Generator, Iterable, Iterator, Mapping, MutableMapping
+from types import CodeType
 from typing import Any, ClassVar, final
 
 from starlette.middleware import Middleware
@@ -25,6 +26,7 @@ class Hooks:
         make_proxy: Callable[[Any], Any],
         asyncio_scopes: tuple[Any, Any, dict[Any, Any], Callable[[Any, Any, Any, Any], None]] | None,
         trio_scopes: Callable[[], tuple[Any, Any, str, Callable[[Any, Any, Any, Any], None]] | None],
+        response_calls: tuple[CodeType, ...],
     ) -> None: ...
 
 @final

@@ -1,13 +1,16 @@
 """What the dispatcher needs from the event loop: whether a yield would let
-anything else run, and (asyncio) a wakeable stand-in for a future."""
+anything else run (and whether the app's background work calls for one), and
+(asyncio) a wakeable stand-in for a future."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
+from types import CodeType
 from typing import Any
 
 import sniffio
+from starlette.responses import FileResponse, Response, StreamingResponse
 
 from ferroware._core import YieldOnce
 
@@ -45,6 +48,18 @@ def make_proxy(future: asyncio.Future[Any]) -> asyncio.Future[None]:
 
     future.add_done_callback(settle)
     return proxy
+
+
+def response_calls() -> tuple[CodeType, ...]:
+    """The code of every ``__call__`` of Starlette's responses.
+
+    After a response went out, the outermost layer yields to the loop before
+    the app goes on only if the app has background work (``RunLayer::sent``).
+    A suspended frame running one of these has the response as ``self``, whose
+    ``background`` says so. FastAPI's responses inherit these methods.
+    """
+    classes = (Response, StreamingResponse, FileResponse)
+    return tuple(dict.fromkeys(cls.__call__.__code__ for cls in classes))
 
 
 def checkpoint() -> Awaitable[None]:
