@@ -12,7 +12,7 @@ import zlib
 from collections.abc import Callable
 from typing import Any
 
-import brotli
+import brotli  # type: ignore[import-untyped]
 import pytest
 import starlette.applications
 import zstandard
@@ -56,7 +56,8 @@ def incremental_decoder(encoding: str) -> Callable[[bytes], bytes]:
     if encoding == "gzip":
         return zlib.decompressobj(16 + zlib.MAX_WBITS).decompress
     if encoding == "br":
-        return brotli.Decompressor().process
+        decompress: Callable[[bytes], bytes] = brotli.Decompressor().process
+        return decompress
     return zstandard.ZstdDecompressor().decompressobj().decompress
 
 
@@ -255,7 +256,8 @@ async def test_levels_change_the_output(coding: str) -> None:
     argument = {"zstd": "zstd_level", "br": "brotli_quality", "gzip": "gzip_level"}[coding]
     sizes = []
     for level in (low, high):
-        middleware = CompressionMiddleware(endpoint(JSON), **{argument: level})
+        kwargs: dict[str, Any] = {argument: level}
+        middleware = CompressionMiddleware(endpoint(JSON), **kwargs)
         sent = await serve(middleware, headers=[(b"accept-encoding", coding.encode())])
         assert decode(coding, sent[1]["body"]) == BODY
         sizes.append(len(sent[1]["body"]))

@@ -9,7 +9,7 @@ worker thread for large chunks) is ``GZipMiddleware``'s own."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -108,7 +108,7 @@ class CompressionMiddleware:
         self._policy = EncodingPolicy(list(self.preference))
         self._excluded = list(self.exclude_content_types)
         # What each negotiated coding (None: none) means for a response.
-        self._codings: dict[str | None, tuple[bytes | None, partial[_Stream]]] = {None: (None, partial(_never))}
+        self._codings: dict[str | None, tuple[bytes | None, Callable[[], _Stream]]] = {None: (None, _never)}
         for coding, argument, level in (("zstd", "zstd_level", zstd_level), ("br", "brotli_quality", brotli_quality),
                                         ("gzip", "gzip_level", gzip_level)):  # fmt: skip
             try:
