@@ -183,9 +183,12 @@ impl Stream {
     /// Compress a chunk: flushed if more follow, else the stream's end.
     pub(crate) fn compress<'py>(&mut self, py: Python<'py>, body: &Bound<'py, PyAny>, more_body: bool) -> PyResult<Bound<'py, PyBytes>> {
         if self.finished {
-            return Err(PyRuntimeError::new_err(format!("the {} stream is already finished", self.coding.name())));
+            return Err(PyRuntimeError::new_err(format!("the {} stream is already finished (or failed)", self.coding.name())));
         }
         let data = value_bytes(body)?;
+        // Finished until this chunk is through: a stream whose encoder failed
+        // (or panicked) midway can't be resumed, its state is unknown.
+        self.finished = true;
         let encoder = match self.encoder.take() {
             Some(e) => e,
             None => Encoder::new(self.coding, self.level, (!more_body).then_some(data.len())).map_err(PyRuntimeError::new_err)?,
@@ -201,12 +204,8 @@ impl Stream {
             }
         };
         let (encoder, out) = if data.len() > DETACH_OVER { py.detach(step) } else { step() };
-        self.encoder = encoder;
-        // A failed stream can't be resumed: its state is unknown.
         self.finished = !more_body || out.is_err();
-        if self.finished {
-            self.encoder = None;
-        }
+        self.encoder = if self.finished { None } else { encoder };
         Ok(PyBytes::new(py, &out.map_err(PyRuntimeError::new_err)?))
     }
 }
@@ -236,4 +235,43 @@ impl CompressStream {
 
 pub fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<CompressStream>()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+
+    use super::*;
+
+    fn decode(coding: Coding, data: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        match coding {
+            Coding::Gzip => flate2::read::GzDecoder::new(data).read_to_end(&mut out).map(drop),
+            Coding::Br => brotli::Decompressor::new(data, 4096).read_to_end(&mut out).map(drop),
+            Coding::Zstd => zstd::stream::read::Decoder::new(data).and_then(|mut d| d.read_to_end(&mut out)).map(drop),
+        }
+        .unwrap();
+        out
+    }
+
+    #[test]
+    fn every_flush_decodes_and_the_end_is_the_input() {
+        let chunks: Vec<Vec<u8>> = (0..5u8).map(|i| [i].repeat(1000 * usize::from(i))).collect();
+        for coding in Coding::ALL {
+            let (low, high) = coding.levels();
+            for level in [low, high] {
+                let mut encoder = Encoder::new(coding, level, None).unwrap();
+                let mut sent = Vec::new();
+                for chunk in &chunks {
+                    sent.extend(encoder.flush(chunk).unwrap());
+                }
+                sent.extend(encoder.finish(b"end").unwrap());
+                let mut expected = chunks.concat();
+                expected.extend_from_slice(b"end");
+                assert_eq!(decode(coding, &sent), expected, "{coding:?} {level}");
+                let whole = Encoder::new(coding, level, Some(expected.len())).unwrap().finish(&expected).unwrap();
+                assert_eq!(decode(coding, &whole), expected, "{coding:?} {level} one-shot");
+            }
+        }
+    }
 }
