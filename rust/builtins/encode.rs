@@ -26,7 +26,7 @@ use super::value_bytes;
 const DETACH_OVER: usize = 64 * 1024;
 
 /// brotli's window: 4 MiB, the format's default (and what `brotli.compress` uses).
-const BROTLI_WINDOW_BITS: u32 = 22;
+const BROTLI_WINDOW_BITS: i32 = 22;
 
 /// A content coding ferroware can produce.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -116,12 +116,12 @@ impl Encoder {
                 Encoder::Gzip(Compress::new_gzip(Compression::new(level), 15))
             }
             Coding::Br => {
-                let mut params = brotli::enc::BrotliEncoderParams::default();
-                params.quality = level;
-                params.lgwin = BROTLI_WINDOW_BITS as i32;
-                if let Some(n) = whole {
-                    params.size_hint = n;
-                }
+                let params = brotli::enc::BrotliEncoderParams {
+                    quality: level,
+                    lgwin: BROTLI_WINDOW_BITS,
+                    size_hint: whole.unwrap_or(0),
+                    ..Default::default()
+                };
                 Encoder::Br(Box::new(brotli::CompressorWriter::with_params(Vec::new(), 16 * 1024, &params)))
             }
             Coding::Zstd => {
