@@ -1,6 +1,6 @@
-//! `GZipMiddleware`'s compiled parts: its gzip stream (the shared encoder of
-//! `encode.rs`) and the response-header decisions, which
-//! `CompressionMiddleware` shares.
+//! `GZipMiddleware`'s compiled parts: the response-header decisions, which
+//! `CompressionMiddleware` shares, and Starlette's test for gzip support. Its
+//! gzip stream is `encode.rs`'s `CompressStream("gzip", level)`.
 
 use pyo3::intern;
 use pyo3::prelude::*;
@@ -10,31 +10,11 @@ use super::encode::{Coding, Stream};
 use super::{as_list, first_value, latin1, py_lower, py_strip, value_bytes};
 use crate::headers::{delete_raw, find_raw, set_raw, values_raw};
 
-/// One response's gzip stream, as Python's `zlib.compressobj(level, DEFLATED, 16 + MAX_WBITS)` makes it.
-#[pyclass(module = "ferroware._core")]
-pub struct GzipStream {
-    stream: Stream,
-}
-
-#[pymethods]
-impl GzipStream {
-    #[new]
-    #[pyo3(signature = (level=9))]
-    fn new(level: i32) -> PyResult<Self> {
-        Ok(GzipStream { stream: Stream::new(Coding::Gzip, level)? })
-    }
-
-    /// Compress a chunk: sync-flushed if more follow, else the stream's end.
-    fn compress<'py>(&mut self, py: Python<'py>, body: &Bound<'py, PyAny>, more_body: bool) -> PyResult<Bound<'py, PyBytes>> {
-        self.stream.compress(py, body, more_body)
-    }
-}
-
 /// One-shot gzip of `data` at `level` (for benchmarks and tests).
 #[pyfunction]
 #[pyo3(signature = (data, level=9))]
 fn gzip_compress<'py>(py: Python<'py>, data: &Bound<'py, PyAny>, level: i32) -> PyResult<Bound<'py, PyBytes>> {
-    GzipStream::new(level)?.compress(py, data, false)
+    Stream::new(Coding::Gzip, level)?.compress(py, data, false)
 }
 
 /// The media types a content-type header stands for, as Starlette's
@@ -133,7 +113,6 @@ fn accepts_gzip(scope: &Bound<'_, PyAny>) -> PyResult<bool> {
 }
 
 pub fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add_class::<GzipStream>()?;
     m.add_function(wrap_pyfunction!(gzip_compress, m)?)?;
     m.add_function(wrap_pyfunction!(gzip_inspect_start, m)?)?;
     m.add_function(wrap_pyfunction!(gzip_edit_headers, m)?)?;

@@ -6,7 +6,7 @@
 //! | --- | --- |
 //! | `cors` | origin/method/header matching, the preflight response, the simple-response header edit |
 //! | `hosts` | Host header parsing (Starlette's `parse_host_header`) and allowed-host matching |
-//! | `gzip` | `GZipMiddleware`'s gzip stream and response-header decisions (shared with `CompressionMiddleware`) |
+//! | `gzip` | `GZipMiddleware`'s response-header decisions (shared with `CompressionMiddleware`) |
 //! | `encode` | streaming gzip, brotli and zstd encoders, flushed per chunk (both compressing middleware) |
 //! | `compress` | `CompressionMiddleware`'s choice of coding from `Accept-Encoding` |
 //!

@@ -15,7 +15,7 @@ import anyio.lowlevel
 import anyio.to_thread
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ferroware._core import GzipStream, accepts_gzip, gzip_edit_headers, gzip_inspect_start
+from ferroware._core import CompressStream, accepts_gzip, gzip_edit_headers, gzip_inspect_start
 
 DEFAULT_EXCLUDED_CONTENT_TYPES = (
     "application/grpc",
@@ -147,14 +147,14 @@ class GZipMiddleware:
         *,
         exclude_content_types: tuple[str, ...] = DEFAULT_EXCLUDED_CONTENT_TYPES,
     ) -> None:
-        GzipStream(compresslevel)  # a bad level fails here, not on the first response
+        CompressStream("gzip", compresslevel)  # a bad level fails here, not on the first response
         self.app = app
         self.minimum_size = minimum_size
         self.compresslevel = compresslevel
         self.thread_minimum_size = thread_minimum_size
         self.exclude_content_types = tuple(_normalize(exclude_content_types))
         self._excluded = list(self.exclude_content_types)
-        self._make_stream = partial(GzipStream, compresslevel)
+        self._make_stream = partial(CompressStream, "gzip", compresslevel)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -180,5 +180,5 @@ class GZipResponder(_Responder):
         thread_minimum_size: int = 128 * 1024,
         exclude_content_types: tuple[str, ...] = DEFAULT_EXCLUDED_CONTENT_TYPES,
     ) -> None:
-        make_stream = partial(GzipStream, compresslevel)
+        make_stream = partial(CompressStream, "gzip", compresslevel)
         super().__init__(app, minimum_size, _normalize(exclude_content_types), b"gzip", make_stream, thread_minimum_size)
