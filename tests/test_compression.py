@@ -540,10 +540,16 @@ def stock_fastapi() -> Any:
 
 
 def ferroware_starlette() -> Any:
+    app = ferroware.Starlette(routes=ROUTES)
+    app.add_middleware(CompressionMiddleware, minimum_size=100, brotli_quality=5)
+    return app
+
+
+def ferroware_middleware_list() -> Any:
     return ferroware.Starlette(routes=ROUTES, middleware=[Middleware(CompressionMiddleware, minimum_size=100, brotli_quality=5)])
 
 
-@pytest.mark.parametrize("make_app", [stock_starlette, stock_fastapi, ferroware_starlette])
+@pytest.mark.parametrize("make_app", [stock_starlette, stock_fastapi, ferroware_starlette, ferroware_middleware_list])
 @pytest.mark.parametrize("coding", CODINGS)
 def test_in_applications(make_app: Callable[[], Any], coding: str, anyio_backend: Backend) -> None:
     with TestClient(make_app(), backend=anyio_backend) as client:
@@ -554,6 +560,8 @@ def test_in_applications(make_app: Callable[[], Any], coding: str, anyio_backend
             assert response.headers["content-encoding"] == coding
             assert response.headers["vary"] == "Accept-Encoding"
             assert decode(coding, raw) == BODY
+            # One chunk: the compressed length; a stream: none (chunked).
+            assert response.headers.get("content-length") == (str(len(raw)) if path == "/json" else None)
         response = client.get("/small", headers={"accept-encoding": coding})
         assert "content-encoding" not in response.headers
         assert response.text == "tiny"
