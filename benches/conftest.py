@@ -18,6 +18,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: p
         return
     _header_ops_summary(terminalreporter, session.benchmarks)
     _builtins_summary(terminalreporter, session.benchmarks)
+    _compression_summary(terminalreporter, session.benchmarks)
     _layer_summary(terminalreporter, session.benchmarks)
 
 
@@ -83,3 +84,16 @@ def _builtins_summary(terminalreporter: pytest.TerminalReporter, benchmarks: lis
     if {"starlette", "ferroware"} <= sizes.keys():
         write(f"  gzip sizes: starlette {sizes['starlette']} B, ferroware {sizes['ferroware']} B "
               f"({(sizes['ferroware'] / sizes['starlette'] - 1) * 100:+.2f}%)")
+
+
+def _compression_summary(terminalreporter: pytest.TerminalReporter, benchmarks: list) -> None:  # type: ignore[type-arg]
+    """benches/test_builtins.py, compression: time and compressed size of the 100 KiB JSON body per coding."""
+    rows = [(b.extra_info["compression_impl"], b.stats.min, b.extra_info["size"], b.extra_info["raw"])
+            for b in benchmarks if b.extra_info and "compression_impl" in b.extra_info and b.stats.rounds]  # fmt: skip
+    if not rows:
+        return
+    write = terminalreporter.write_line
+    write("")
+    write("compression of a 100 KiB JSON response (best round):")
+    for impl, seconds, size, raw in rows:
+        write(f"  {impl:<17} {seconds * 1e3:7.2f} ms   {size:7,d} B ({size / raw:6.1%} of {raw:,d})")

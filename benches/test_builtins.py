@@ -22,7 +22,7 @@ from starlette.middleware.cors import CORSMiddleware as StarletteCORS
 from starlette.middleware.gzip import GZipMiddleware as StarletteGZip
 from starlette.middleware.trustedhost import TrustedHostMiddleware as StarletteTrustedHost
 
-from ferroware.middleware import CORSMiddleware, GZipMiddleware, TrustedHostMiddleware
+from ferroware.middleware import CompressionMiddleware, CORSMiddleware, GZipMiddleware, TrustedHostMiddleware
 
 REQUESTS = 2000
 IMPLS = {"starlette": (StarletteCORS, StarletteTrustedHost, StarletteGZip), "ferroware": (CORSMiddleware, TrustedHostMiddleware, GZipMiddleware)}  # fmt: skip
@@ -126,3 +126,25 @@ def test_gzip_100k_json(benchmark: Any, impl: str) -> None:
     body = sent[1]["body"]
     assert zlib.decompress(body, 16 + zlib.MAX_WBITS) == JSON_BODY
     benchmark.extra_info.update(builtin_case="gzip-100k-json", builtin_impl=impl, requests=1, size=len(body), raw=len(JSON_BODY))
+
+
+# CompressionMiddleware at its defaults against Starlette's GZipMiddleware at its
+# default (level 9) and at CompressionMiddleware's gzip level (6), same body.
+COMPRESSION_IMPLS = {
+    "starlette gzip-9": (lambda a: StarletteGZip(a), "gzip"),
+    "starlette gzip-6": (lambda a: StarletteGZip(a, compresslevel=6), "gzip"),
+    "ferroware gzip-6": (lambda a: CompressionMiddleware(a), "gzip"),
+    "ferroware br-4": (lambda a: CompressionMiddleware(a), "br"),
+    "ferroware zstd-3": (lambda a: CompressionMiddleware(a), "zstd"),
+}
+
+
+@pytest.mark.parametrize("impl", list(COMPRESSION_IMPLS))
+def test_compression_100k_json(benchmark: Any, impl: str) -> None:
+    make, coding = COMPRESSION_IMPLS[impl]
+    asgi = make(json_app)
+    benchmark.group = "compression-100k-json"
+    make_scope = lambda: scope_for("GET", [(b"host", b"app.example"), (b"accept-encoding", coding.encode())])  # noqa: E731
+    sent = benchmark(batch(asgi, make_scope, 1))
+    assert dict(sent[0]["headers"])[b"content-encoding"] == coding.encode()
+    benchmark.extra_info.update(compression_impl=impl, size=len(sent[1]["body"]), raw=len(JSON_BODY))

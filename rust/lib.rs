@@ -30,5 +30,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     builtins::cors::init(m)?;
     builtins::hosts::init(m)?;
     builtins::gzip::init(m)?;
+    builtins::encode::init(m)?;
+    builtins::compress::init(m)?;
     Ok(())
 }

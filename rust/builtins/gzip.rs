@@ -1,94 +1,20 @@
-//! `GZipMiddleware`'s compiled parts: a gzip stream (flate2 on the zlib-rs
-//! backend, the same format and levels as Python's `zlib.compressobj(level,
-//! DEFLATED, 16 + MAX_WBITS)`) and the response-header decisions.
-//!
-//! Chunks over `DETACH_OVER` bytes are compressed with the GIL released, so
-//! other Python threads (and the worker-thread path for large bodies) run
-//! meanwhile.
+//! `GZipMiddleware`'s compiled parts: the response-header decisions, which
+//! `CompressionMiddleware` shares, and Starlette's test for gzip support. Its
+//! gzip stream is `encode.rs`'s `CompressStream("gzip", level)`.
 
-use flate2::{Compress, Compression, FlushCompress, Status};
-use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList};
 
+use super::encode::{Coding, Stream};
 use super::{as_list, first_value, latin1, py_lower, py_strip, value_bytes};
 use crate::headers::{delete_raw, find_raw, set_raw, values_raw};
-
-/// Bodies larger than this are compressed without holding the GIL.
-const DETACH_OVER: usize = 64 * 1024;
-
-/// One response's gzip stream.
-#[pyclass(module = "ferroware._core")]
-pub struct GzipStream {
-    level: u32,
-    /// Made on the first chunk; None again once finished.
-    inner: Option<Compress>,
-    finished: bool,
-}
-
-fn run(c: &mut Compress, input: &[u8], flush: FlushCompress) -> Result<Vec<u8>, String> {
-    let mut out: Vec<u8> = Vec::with_capacity(input.len() / 3 + 64);
-    let mut consumed = 0usize;
-    loop {
-        if out.capacity() - out.len() < 64 {
-            out.reserve(out.capacity().max(1024));
-        }
-        let before = c.total_in();
-        let status = c.compress_vec(&input[consumed..], &mut out, flush).map_err(|e| e.to_string())?;
-        consumed += (c.total_in() - before) as usize;
-        match (flush, status) {
-            (_, Status::StreamEnd) => return Ok(out),
-            (FlushCompress::Finish, _) => {}
-            // A flush is complete when all input is in and output space was left over.
-            _ if consumed == input.len() && out.len() < out.capacity() => return Ok(out),
-            _ => {}
-        }
-    }
-}
-
-#[pymethods]
-impl GzipStream {
-    #[new]
-    #[pyo3(signature = (level=9))]
-    fn new(level: i32) -> PyResult<Self> {
-        let level = match level {
-            -1 => 6,
-            0..=9 => level as u32,
-            _ => return Err(PyValueError::new_err(format!("Bad compression level: {level} (expected -1 to 9)"))),
-        };
-        Ok(GzipStream { level, inner: None, finished: false })
-    }
-
-    /// Compress a chunk: sync-flushed if more follow, else the stream's end.
-    fn compress<'py>(&mut self, py: Python<'py>, body: &Bound<'py, PyAny>, more_body: bool) -> PyResult<Bound<'py, PyBytes>> {
-        if self.finished {
-            return Err(PyRuntimeError::new_err("the gzip stream is already finished"));
-        }
-        let level = self.level;
-        let c = self.inner.get_or_insert_with(|| Compress::new_gzip(Compression::new(level), 15));
-        let data = value_bytes(body)?;
-        let flush = if more_body { FlushCompress::Sync } else { FlushCompress::Finish };
-        let out = if data.len() > DETACH_OVER {
-            let input: &[u8] = &data;
-            py.detach(|| run(c, input, flush))
-        } else {
-            run(c, &data, flush)
-        }
-        .map_err(PyRuntimeError::new_err)?;
-        if !more_body {
-            self.finished = true;
-            self.inner = None;
-        }
-        Ok(PyBytes::new(py, &out))
-    }
-}
 
 /// One-shot gzip of `data` at `level` (for benchmarks and tests).
 #[pyfunction]
 #[pyo3(signature = (data, level=9))]
 fn gzip_compress<'py>(py: Python<'py>, data: &Bound<'py, PyAny>, level: i32) -> PyResult<Bound<'py, PyBytes>> {
-    GzipStream::new(level)?.compress(py, data, false)
+    Stream::new(Coding::Gzip, level)?.compress(py, data, false)
 }
 
 /// The media types a content-type header stands for, as Starlette's
@@ -187,7 +113,6 @@ fn accepts_gzip(scope: &Bound<'_, PyAny>) -> PyResult<bool> {
 }
 
 pub fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add_class::<GzipStream>()?;
     m.add_function(wrap_pyfunction!(gzip_compress, m)?)?;
     m.add_function(wrap_pyfunction!(gzip_inspect_start, m)?)?;
     m.add_function(wrap_pyfunction!(gzip_edit_headers, m)?)?;

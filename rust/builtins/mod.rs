@@ -6,7 +6,9 @@
 //! | --- | --- |
 //! | `cors` | origin/method/header matching, the preflight response, the simple-response header edit |
 //! | `hosts` | Host header parsing (Starlette's `parse_host_header`) and allowed-host matching |
-//! | `gzip` | gzip streams (flate2 on zlib-rs) and the response-header decisions of `GZipMiddleware` |
+//! | `gzip` | `GZipMiddleware`'s response-header decisions (shared with `CompressionMiddleware`) |
+//! | `encode` | streaming gzip, brotli and zstd encoders, flushed per chunk (both compressing middleware) |
+//! | `compress` | `CompressionMiddleware`'s choice of coding from `Accept-Encoding` |
 //!
 //! This file holds what they share: reading a scope's header list and
 //! Python's text rules (latin-1, `str.strip`, `str.lower`) on header bytes.
@@ -20,7 +22,9 @@ use pyo3::types::{PyBytes, PyDict, PyList};
 
 use crate::headers::{find_raw, value_at};
 
+pub mod compress;
 pub mod cors;
+pub mod encode;
 pub mod gzip;
 pub mod hosts;
 

@@ -5,16 +5,21 @@ behaves as Starlette 1.10.0's class of the same name; changing the import is
 the whole migration::
 
     from ferroware.middleware import CORSMiddleware  # was: from starlette.middleware.cors import ...
+
+``CompressionMiddleware`` (zstd, brotli and gzip, negotiated by q-value) is
+ferroware's own; it has no Starlette counterpart.
 """
 
 from __future__ import annotations
 
+from ferroware.middleware.compression import CompressionMiddleware
 from ferroware.middleware.cors import CORSMiddleware
 from ferroware.middleware.gzip import GZipMiddleware, GZipResponder
 from ferroware.middleware.httpsredirect import HTTPSRedirectMiddleware
 from ferroware.middleware.trustedhost import TrustedHostMiddleware
 
 __all__ = [
+    "CompressionMiddleware",
     "CORSMiddleware",
     "GZipMiddleware",
     "GZipResponder",

@@ -1,19 +1,21 @@
 """``GZipMiddleware``: Starlette's, with compression in Rust (flate2 on the
-zlib-rs backend, ``rust/builtins/gzip.rs``) and the response-header decisions
+zlib-rs backend, ``rust/builtins/encode.rs``) and the response-header decisions
 compiled. Chunks over 64 KiB are compressed without the GIL; chunks of at least
 ``thread_minimum_size`` bytes are compressed in a worker thread, as Starlette
 does, so the event loop keeps running."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from functools import partial
+from typing import Any, Protocol
 
 import anyio
 import anyio.lowlevel
 import anyio.to_thread
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ferroware._core import GzipStream, accepts_gzip, gzip_edit_headers, gzip_inspect_start
+from ferroware._core import CompressStream, accepts_gzip, gzip_edit_headers, gzip_inspect_start
 
 DEFAULT_EXCLUDED_CONTENT_TYPES = (
     "application/grpc",
@@ -49,10 +51,16 @@ def _normalize(content_types: tuple[str, ...]) -> list[str]:
     return [ct.partition(";")[0].strip().lower() for ct in content_types]
 
 
-class _Responder:
-    """One response through the middleware: held start, then identity or gzip."""
+class _Stream(Protocol):
+    def compress(self, body: Any, more_body: bool) -> bytes: ...
 
-    __slots__ = ("app", "minimum_size", "excluded", "thread_minimum_size", "level", "encoding",
+
+class _Responder:
+    """One response through the middleware: held start, then identity or
+    compressed with the stream ``make_stream`` gives (``CompressionMiddleware``
+    uses it too, with its negotiated coding)."""
+
+    __slots__ = ("app", "minimum_size", "excluded", "thread_minimum_size", "make_stream", "encoding",
                  "send", "start", "headers", "started", "passthrough", "stream")  # fmt: skip
 
     def __init__(
@@ -60,30 +68,31 @@ class _Responder:
         app: ASGIApp,
         minimum_size: int,
         excluded: list[str],
-        level: int | None,
+        encoding: bytes | None,
+        make_stream: Callable[[], _Stream],
         thread_minimum_size: int,
     ) -> None:
         self.app = app
         self.minimum_size = minimum_size
         self.excluded = excluded
-        self.level = level  # None: the client did not ask for gzip
-        self.encoding = b"gzip" if level is not None else None
+        self.encoding = encoding  # None: the client accepts none of the codings
+        self.make_stream = make_stream
         self.thread_minimum_size = thread_minimum_size
         self.start: Message = {}
         self.headers: list[Any] = []
         self.started = False
         self.passthrough = False
-        self.stream: GzipStream | None = None
+        self.stream: _Stream | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self.send = send
         await self.app(scope, receive, self.send_with_compression)
 
     async def _compress(self, body: Any, more_body: bool) -> Any:
-        if self.level is None:
+        if self.encoding is None:
             return body
         if self.stream is None:
-            self.stream = GzipStream(self.level)
+            self.stream = self.make_stream()
         if len(body) >= self.thread_minimum_size:
             return await anyio.to_thread.run_sync(self.stream.compress, body, more_body, limiter=_thread_limiter())
         return self.stream.compress(body, more_body)
@@ -138,20 +147,21 @@ class GZipMiddleware:
         *,
         exclude_content_types: tuple[str, ...] = DEFAULT_EXCLUDED_CONTENT_TYPES,
     ) -> None:
-        GzipStream(compresslevel)  # a bad level fails here, not on the first response
+        CompressStream("gzip", compresslevel)  # a bad level fails here, not on the first response
         self.app = app
         self.minimum_size = minimum_size
         self.compresslevel = compresslevel
         self.thread_minimum_size = thread_minimum_size
         self.exclude_content_types = tuple(_normalize(exclude_content_types))
         self._excluded = list(self.exclude_content_types)
+        self._make_stream = partial(CompressStream, "gzip", compresslevel)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        level = self.compresslevel if accepts_gzip(scope) else None
-        responder = _Responder(self.app, self.minimum_size, self._excluded, level, self.thread_minimum_size)
+        encoding = b"gzip" if accepts_gzip(scope) else None
+        responder = _Responder(self.app, self.minimum_size, self._excluded, encoding, self._make_stream, self.thread_minimum_size)
         await responder(scope, receive, send)
 
 
@@ -170,4 +180,5 @@ class GZipResponder(_Responder):
         thread_minimum_size: int = 128 * 1024,
         exclude_content_types: tuple[str, ...] = DEFAULT_EXCLUDED_CONTENT_TYPES,
     ) -> None:
-        super().__init__(app, minimum_size, _normalize(exclude_content_types), compresslevel, thread_minimum_size)
+        make_stream = partial(CompressStream, "gzip", compresslevel)
+        super().__init__(app, minimum_size, _normalize(exclude_content_types), b"gzip", make_stream, thread_minimum_size)
