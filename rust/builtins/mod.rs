@@ -7,6 +7,8 @@
 //! | `cors` | origin/method/header matching, the preflight response, the simple-response header edit |
 //! | `hosts` | Host header parsing (Starlette's `parse_host_header`) and allowed-host matching |
 //! | `gzip` | gzip streams (flate2 on zlib-rs) and the response-header decisions of `GZipMiddleware` |
+//! | `request_id` | `RequestIDMiddleware`: the incoming id, uuid4 checks and ids, the request and response header edits |
+//! | `security` | `SecurityHeadersMiddleware`: its validated fields and the one-pass response-header edit |
 //!
 //! This file holds what they share: reading a scope's header list and
 //! Python's text rules (latin-1, `str.strip`, `str.lower`) on header bytes.
@@ -16,13 +18,15 @@ use std::borrow::Cow;
 use pyo3::ffi;
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList};
+use pyo3::types::{PyBytes, PyDict, PyList, PyString};
 
 use crate::headers::{find_raw, value_at};
 
 pub mod cors;
 pub mod gzip;
 pub mod hosts;
+pub mod request_id;
+pub mod security;
 
 /// `scope["headers"]` as a list, as Starlette's `Headers(scope=scope)` sees it
 /// (a non-list is copied into a list and put back into the scope, as there).
@@ -37,6 +41,30 @@ pub(crate) fn scope_headers<'py>(scope: &Bound<'py, PyAny>) -> PyResult<Bound<'p
             Ok(list)
         }
     }
+}
+
+/// Whether `message["type"]` is the string `kind`.
+pub(crate) fn is_message(message: &Bound<'_, PyAny>, kind: &str) -> PyResult<bool> {
+    let value = message.get_item(intern!(message.py(), "type"))?;
+    Ok(value.cast::<PyString>().is_ok_and(|k| k.to_str().is_ok_and(|k| k == kind)))
+}
+
+/// A response start's header list, as Starlette's `MutableHeaders(scope=message)`
+/// gives it: always a new list, put back into the message, because the app's
+/// own list may be shared (a `Response`'s `raw_headers`, a module constant).
+pub(crate) fn start_headers<'py>(message: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyList>> {
+    let py = message.py();
+    let key = intern!(py, "headers");
+    let current = match message.cast::<PyDict>() {
+        Ok(d) => d.get_item(key)?,
+        Err(_) => Some(message.call_method1(intern!(py, "setdefault"), (key, PyList::empty(py)))?),
+    };
+    let list = match current {
+        Some(headers) => as_list(&headers)?,
+        None => PyList::empty(py),
+    };
+    message.set_item(key, &list)?;
+    Ok(list)
 }
 
 /// `list(obj)`.

@@ -5,6 +5,10 @@ behaves as Starlette 1.10.0's class of the same name; changing the import is
 the whole migration::
 
     from ferroware.middleware import CORSMiddleware  # was: from starlette.middleware.cors import ...
+
+Two more have no Starlette counterpart: ``RequestIDMiddleware`` (the options of
+asgi-correlation-id, the id in the ``request_id`` contextvar) and
+``SecurityHeadersMiddleware`` (HSTS, CSP and friends from a preset).
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ from __future__ import annotations
 from ferroware.middleware.cors import CORSMiddleware
 from ferroware.middleware.gzip import GZipMiddleware, GZipResponder
 from ferroware.middleware.httpsredirect import HTTPSRedirectMiddleware
+from ferroware.middleware.request_id import RequestIDMiddleware, get_request_id, request_id
+from ferroware.middleware.security import SecurityHeadersMiddleware
 from ferroware.middleware.trustedhost import TrustedHostMiddleware
 
 __all__ = [
@@ -19,5 +25,9 @@ __all__ = [
     "GZipMiddleware",
     "GZipResponder",
     "HTTPSRedirectMiddleware",
+    "RequestIDMiddleware",
+    "SecurityHeadersMiddleware",
     "TrustedHostMiddleware",
+    "get_request_id",
+    "request_id",
 ]

@@ -1,0 +1,144 @@
+//! `SecurityHeadersMiddleware`'s response edit: its fixed fields (encoded and
+//! validated once, at construction) added to every HTTP response start in one
+//! pass over the app's header list. A field the app already set, in any case,
+//! is left alone, or replaced in place with `overwrite` (no duplicates either
+//! way).
+
+use pyo3::exceptions::PyValueError;
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyString, PyTuple};
+
+use super::{is_message, start_headers, to_latin1, value_bytes};
+use crate::headers::{check_name, check_value, pair, pair_tuple};
+
+/// At most this many fields: the per-response "already there" set is a `u64`.
+const MAX_FIELDS: usize = 64;
+
+struct Field {
+    /// Lowercase, as stored in ASGI header lists.
+    name: Py<PyBytes>,
+    value: Py<PyBytes>,
+    /// Only sent on https responses (Strict-Transport-Security: RFC 6797 §7.2
+    /// forbids it over plain http, and browsers ignore it there).
+    https_only: bool,
+}
+
+/// One `SecurityHeadersMiddleware`'s fields and options.
+#[pyclass(module = "ferroware._core", frozen)]
+pub struct SecurityHeadersPolicy {
+    fields: Vec<Field>,
+    overwrite: bool,
+}
+
+#[pymethods]
+impl SecurityHeadersPolicy {
+    /// `fields`: `(name, value, https_only)` triples. Raises `ValueError`
+    /// naming the field for a name that is not an RFC 9110 token, a value that
+    /// is not latin-1 or contains CR, LF or NUL, or a name given twice.
+    #[new]
+    #[pyo3(signature = (fields, *, overwrite))]
+    fn new(py: Python<'_>, fields: Vec<(String, String, bool)>, overwrite: bool) -> PyResult<Self> {
+        if fields.len() > MAX_FIELDS {
+            return Err(PyValueError::new_err(format!("at most {MAX_FIELDS} security headers, got {}", fields.len())));
+        }
+        let mut encoded: Vec<Field> = Vec::with_capacity(fields.len());
+        for (name, value, https_only) in fields {
+            let lower = to_latin1(&name.to_lowercase())
+                .ok_or_else(|| PyValueError::new_err(format!("invalid header name {name:?}: not latin-1")))?;
+            check_name(py, &lower)?;
+            let value_bytes = to_latin1(&value)
+                .ok_or_else(|| PyValueError::new_err(format!("invalid value for header {name:?}: {value:?} is not latin-1")))?;
+            check_value(py, &lower, &value_bytes)?;
+            if encoded.iter().any(|f| f.name.bind(py).as_bytes() == lower.as_slice()) {
+                return Err(PyValueError::new_err(format!("header {name:?} is given twice")));
+            }
+            encoded.push(Field { name: PyBytes::new(py, &lower).unbind(), value: PyBytes::new(py, &value_bytes).unbind(), https_only });
+        }
+        Ok(SecurityHeadersPolicy { fields: encoded, overwrite })
+    }
+
+    /// The `send` to give the app for one HTTP request.
+    fn wrap<'py>(slf: &Bound<'py, Self>, scope: &Bound<'py, PyAny>, send: Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        // The ASGI default scheme is "http"; a missing key means plain http.
+        let https = match scope.get_item(intern!(py, "scheme")) {
+            Ok(s) => s.cast::<PyString>().is_ok_and(|s| s.to_str().is_ok_and(|s| s == "https")),
+            Err(_) => false,
+        };
+        let wrapped = SecuritySend { policy: slf.clone().unbind(), send: send.unbind(), https };
+        Ok(Bound::new(py, wrapped)?.into_any())
+    }
+}
+
+/// The `send` a wrapped app gets: adds the fields to the response start.
+#[pyclass(module = "ferroware._core", frozen)]
+pub struct SecuritySend {
+    policy: Py<SecurityHeadersPolicy>,
+    send: Py<PyAny>,
+    https: bool,
+}
+
+#[pymethods]
+impl SecuritySend {
+    fn __call__<'py>(&self, py: Python<'py>, message: Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+        if is_message(&message, "http.response.start")? {
+            self.edit_start(py, &message)?;
+        }
+        self.send.bind(py).call1((message,))
+    }
+}
+
+impl SecuritySend {
+    fn edit_start(&self, py: Python<'_>, message: &Bound<'_, PyAny>) -> PyResult<()> {
+        let policy = self.policy.get();
+        let fields = &policy.fields;
+        let list = start_headers(message)?;
+        let sent_here = |f: &Field| self.https || !f.https_only;
+        // Bit i: field i is already in the list (or not sent on this response).
+        let mut present: u64 = 0;
+        for (i, f) in fields.iter().enumerate() {
+            if !sent_here(f) {
+                present |= 1 << i;
+            }
+        }
+        let mut duplicates: Vec<usize> = Vec::new();
+        for idx in 0..list.len() {
+            let item = list.get_item(idx)?;
+            let hit = {
+                let exact = item.cast_exact::<PyTuple>().ok().filter(|t| t.len() == 2);
+                let name = match exact {
+                    Some(t) => t.get_item(0)?,
+                    None => pair(&item)?.0,
+                };
+                let name = value_bytes(&name)?;
+                fields.iter().position(|f| f.name.bind(py).as_bytes().eq_ignore_ascii_case(&name))
+            };
+            let Some(i) = hit else { continue };
+            if present & (1 << i) == 0 {
+                present |= 1 << i;
+                if policy.overwrite {
+                    let f = &fields[i];
+                    list.set_item(idx, pair_tuple(py, f.name.bind(py).clone().into_any(), f.value.bind(py).clone().into_any())?)?;
+                }
+            } else if policy.overwrite && sent_here(&fields[i]) {
+                duplicates.push(idx);
+            }
+        }
+        for idx in duplicates.into_iter().rev() {
+            list.del_item(idx)?;
+        }
+        for (i, f) in fields.iter().enumerate() {
+            if present & (1 << i) == 0 {
+                list.append(pair_tuple(py, f.name.bind(py).clone().into_any(), f.value.bind(py).clone().into_any())?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+pub fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<SecurityHeadersPolicy>()?;
+    m.add_class::<SecuritySend>()?;
+    Ok(())
+}
