@@ -18,9 +18,9 @@ use std::borrow::Cow;
 use pyo3::ffi;
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList, PyString};
+use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 
-use crate::headers::{find_raw, value_at};
+use crate::headers::{find_raw, pair, pair_tuple, value_at};
 
 pub mod cors;
 pub mod gzip;
@@ -65,6 +65,44 @@ pub(crate) fn start_headers<'py>(message: &Bound<'py, PyAny>) -> PyResult<Bound<
     };
     message.set_item(key, &list)?;
     Ok(list)
+}
+
+/// Adds `fields` (names lowercase, at most 64) to a header list in one pass,
+/// names compared ignoring ASCII case, as an app may send `X-Frame-Options`:
+/// a field already in the list is left alone or, with `overwrite`, gets the
+/// new value at its first place, its later copies removed.
+pub(crate) fn put_fields(list: &Bound<'_, PyList>, fields: &[(&Bound<'_, PyBytes>, &Bound<'_, PyBytes>)], overwrite: bool) -> PyResult<()> {
+    debug_assert!(fields.len() <= 64);
+    let py = list.py();
+    // Bit i: field i is already in the list.
+    let mut present: u64 = 0;
+    let mut duplicates: Vec<usize> = Vec::new();
+    for idx in 0..list.len() {
+        let item = list.get_item(idx)?;
+        let name = match item.cast_exact::<PyTuple>() {
+            Ok(t) if t.len() == 2 => t.get_item(0)?,
+            _ => pair(&item)?.0,
+        };
+        let name = value_bytes(&name)?;
+        let Some(i) = fields.iter().position(|(n, _)| n.as_bytes().eq_ignore_ascii_case(&name)) else { continue };
+        if present & (1 << i) == 0 {
+            present |= 1 << i;
+            if overwrite {
+                list.set_item(idx, pair_tuple(py, fields[i].0.clone().into_any(), fields[i].1.clone().into_any())?)?;
+            }
+        } else if overwrite {
+            duplicates.push(idx);
+        }
+    }
+    for idx in duplicates.into_iter().rev() {
+        list.del_item(idx)?;
+    }
+    for (i, (name, value)) in fields.iter().enumerate() {
+        if present & (1 << i) == 0 {
+            list.append(pair_tuple(py, (*name).clone().into_any(), (*value).clone().into_any())?)?;
+        }
+    }
+    Ok(())
 }
 
 /// `list(obj)`.

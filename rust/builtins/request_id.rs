@@ -12,7 +12,7 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyString};
 
-use super::{as_list, first_value, latin1, scope_headers, start_headers, to_latin1, value_bytes};
+use super::{as_list, first_value, latin1, put_fields, scope_headers, start_headers, to_latin1, value_bytes};
 use crate::headers::{check_name, check_value, set_raw};
 
 /// A new request id: a random (version 4) UUID as 32 lowercase hex digits,
@@ -312,8 +312,8 @@ impl RequestIdSend {
     fn __call__<'py>(&self, py: Python<'py>, message: Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
         if super::is_message(&message, "http.response.start")? {
             let list = start_headers(&message)?;
-            // Set, not appended: one id field even if the app set its own.
-            set_raw(&list, self.name.bind(py).as_bytes(), self.id.bind(py).clone().into_any())?;
+            // Set, not appended: one id field even if the app set its own (in any case).
+            put_fields(&list, &[(self.name.bind(py), self.id.bind(py))], true)?;
         }
         self.send.bind(py).call1((message,))
     }

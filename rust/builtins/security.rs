@@ -7,12 +7,12 @@
 use pyo3::exceptions::PyValueError;
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyString, PyTuple};
+use pyo3::types::{PyBytes, PyString};
 
-use super::{is_message, start_headers, to_latin1, value_bytes};
-use crate::headers::{check_name, check_value, pair, pair_tuple};
+use super::{is_message, put_fields, start_headers, to_latin1};
+use crate::headers::{check_name, check_value};
 
-/// At most this many fields: the per-response "already there" set is a `u64`.
+/// At most this many fields (`put_fields` tracks them in a `u64`).
 const MAX_FIELDS: usize = 64;
 
 struct Field {
@@ -92,48 +92,14 @@ impl SecuritySend {
 impl SecuritySend {
     fn edit_start(&self, py: Python<'_>, message: &Bound<'_, PyAny>) -> PyResult<()> {
         let policy = self.policy.get();
-        let fields = &policy.fields;
         let list = start_headers(message)?;
-        let sent_here = |f: &Field| self.https || !f.https_only;
-        // Bit i: field i is already in the list (or not sent on this response).
-        let mut present: u64 = 0;
-        for (i, f) in fields.iter().enumerate() {
-            if !sent_here(f) {
-                present |= 1 << i;
-            }
-        }
-        let mut duplicates: Vec<usize> = Vec::new();
-        for idx in 0..list.len() {
-            let item = list.get_item(idx)?;
-            let hit = {
-                let exact = item.cast_exact::<PyTuple>().ok().filter(|t| t.len() == 2);
-                let name = match exact {
-                    Some(t) => t.get_item(0)?,
-                    None => pair(&item)?.0,
-                };
-                let name = value_bytes(&name)?;
-                fields.iter().position(|f| f.name.bind(py).as_bytes().eq_ignore_ascii_case(&name))
-            };
-            let Some(i) = hit else { continue };
-            if present & (1 << i) == 0 {
-                present |= 1 << i;
-                if policy.overwrite {
-                    let f = &fields[i];
-                    list.set_item(idx, pair_tuple(py, f.name.bind(py).clone().into_any(), f.value.bind(py).clone().into_any())?)?;
-                }
-            } else if policy.overwrite && sent_here(&fields[i]) {
-                duplicates.push(idx);
-            }
-        }
-        for idx in duplicates.into_iter().rev() {
-            list.del_item(idx)?;
-        }
-        for (i, f) in fields.iter().enumerate() {
-            if present & (1 << i) == 0 {
-                list.append(pair_tuple(py, f.name.bind(py).clone().into_any(), f.value.bind(py).clone().into_any())?)?;
-            }
-        }
-        Ok(())
+        let fields: Vec<(&Bound<'_, PyBytes>, &Bound<'_, PyBytes>)> = policy
+            .fields
+            .iter()
+            .filter(|f| self.https || !f.https_only)
+            .map(|f| (f.name.bind(py), f.value.bind(py)))
+            .collect();
+        put_fields(&list, &fields, policy.overwrite)
     }
 }
 
