@@ -42,16 +42,20 @@ impl SecurityHeadersPolicy {
         if fields.len() > MAX_FIELDS {
             return Err(PyValueError::new_err(format!("at most {MAX_FIELDS} security headers, got {}", fields.len())));
         }
+        // Python's repr, so messages quote names as the other header errors do.
+        let repr = |text: &str| PyString::new(py, text).repr().map(|r| r.to_string()).unwrap_or_else(|_| format!("{text:?}"));
         let mut encoded: Vec<Field> = Vec::with_capacity(fields.len());
         for (name, value, https_only) in fields {
-            let lower = to_latin1(&name.to_lowercase())
-                .ok_or_else(|| PyValueError::new_err(format!("invalid header name {name:?}: not latin-1")))?;
+            let lowered = name.to_lowercase();
+            let lower = to_latin1(&lowered)
+                .ok_or_else(|| PyValueError::new_err(format!("invalid header name {}: not latin-1", repr(&name))))?;
             check_name(py, &lower)?;
-            let value_bytes = to_latin1(&value)
-                .ok_or_else(|| PyValueError::new_err(format!("invalid value for header {name:?}: {value:?} is not latin-1")))?;
+            let value_bytes = to_latin1(&value).ok_or_else(|| {
+                PyValueError::new_err(format!("invalid value for header {}: {} is not latin-1", repr(&lowered), repr(&value)))
+            })?;
             check_value(py, &lower, &value_bytes)?;
             if encoded.iter().any(|f| f.name.bind(py).as_bytes() == lower.as_slice()) {
-                return Err(PyValueError::new_err(format!("header {name:?} is given twice")));
+                return Err(PyValueError::new_err(format!("header {} is given twice", repr(&name))));
             }
             encoded.push(Field { name: PyBytes::new(py, &lower).unbind(), value: PyBytes::new(py, &value_bytes).unbind(), https_only });
         }
