@@ -26,7 +26,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware.base import BaseHTTPMiddleware as StockBaseHTTPMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
-from starlette.routing import Route, WebSocketRoute
+from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.testclient import TestClient
 from starlette.types import Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
@@ -182,8 +182,9 @@ async def test_the_scopes_own_header_list_is_not_edited() -> None:
 @pytest.mark.anyio
 async def test_custom_header_name_generator_validator_transformer(caplog: pytest.LogCaptureFixture) -> None:
     counter = itertools.count()
+    seen: dict[str, Any] = {}
     middleware = RequestIDMiddleware(
-        recorder(seen := {}),
+        recorder(seen),
         header_name="X-Correlation-ID",
         generator=lambda: f"gen-{next(counter)}",
         validator=lambda value: value.startswith("ok-"),
@@ -202,7 +203,8 @@ async def test_custom_header_name_generator_validator_transformer(caplog: pytest
 
 @pytest.mark.anyio
 async def test_validator_none_accepts_any_id_but_never_one_that_could_split_the_response() -> None:
-    middleware = RequestIDMiddleware(recorder(seen := {}), validator=None)
+    seen: dict[str, Any] = {}
+    middleware = RequestIDMiddleware(recorder(seen), validator=None)
     await serve(middleware, headers=[(b"x-request-id", b"anything \xff")])
     assert seen["id"] == "anything \xff"
     sent = await serve(middleware, headers=[(b"x-request-id", b"a\r\nb")])
@@ -336,7 +338,7 @@ def build_app(kind: str, log: dict[str, Any], *, layers: bool) -> Any:
         response: Response = await call_next(request)
         return response
 
-    routes = [Route("/", ok), Route("/missing", missing), Route("/boom", boom)]
+    routes: list[BaseRoute] = [Route("/", ok), Route("/missing", missing), Route("/boom", boom)]
     handlers: dict[Any, Any] = {HTTPException: http_handler, 500: error_handler}
     app: Any
     if kind == "starlette":

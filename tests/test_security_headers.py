@@ -121,7 +121,7 @@ async def test_arguments_override_the_preset_and_none_disables() -> None:
 
 
 async def test_all_disabled_sends_the_response_unchanged() -> None:
-    off = dict.fromkeys(PRESETS["strict"], None)
+    off: dict[str, Any] = dict.fromkeys(PRESETS["strict"], None)
     assert await start_headers(SecurityHeadersMiddleware(endpoint(), "strict", **off)) == BASE
 
 
