@@ -521,3 +521,34 @@ def test_public_names() -> None:
     assert middleware.request_id is request_id
     assert middleware.get_request_id is get_request_id
     assert "RequestIDMiddleware" in middleware.__all__
+
+
+@pytest.mark.parametrize(
+    ("app_cls", "outer", "visible"),
+    [
+        pytest.param(starlette.applications.Starlette, StockBaseHTTPMiddleware, False, id="stock-app-stock-layer"),
+        pytest.param(starlette.applications.Starlette, ferroware.base.BaseHTTPMiddleware, True, id="stock-app-ferroware-layer"),
+        pytest.param(ferroware.applications.Starlette, StockBaseHTTPMiddleware, True, id="ferroware-app-stock-layer"),
+    ],
+)
+def test_a_dispatch_layer_outside_and_the_500_handler(app_cls: Any, outer: Any, visible: bool, anyio_backend: Backend) -> None:
+    """Stock BaseHTTPMiddleware runs the inner app in a child task, so a value
+    set there never reaches ServerErrorMiddleware (with asgi-correlation-id too);
+    ferroware's dispatcher runs it in the dispatch's own task, so it does."""
+
+    async def boom(request: Request) -> Response:
+        raise RuntimeError("boom")
+
+    async def error_handler(request: Request, exc: Exception) -> Response:
+        return JSONResponse({"id": get_request_id()}, status_code=500)
+
+    async def dispatch(request: Request, call_next: Any) -> Response:
+        response: Response = await call_next(request)
+        return response
+
+    app = app_cls(routes=[Route("/", boom)], exception_handlers={500: error_handler})
+    app.add_middleware(RequestIDMiddleware)
+    app.add_middleware(outer, dispatch=dispatch)
+    with TestClient(app, backend=anyio_backend, raise_server_exceptions=False) as client:
+        seen = client.get("/", headers={"X-Request-ID": VALID}).json()["id"]
+    assert seen == (VALID if visible else None)
