@@ -15,12 +15,13 @@
 
 use std::borrow::Cow;
 
+use pyo3::exceptions::PyValueError;
 use pyo3::ffi;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 
-use crate::headers::{find_raw, pair, pair_tuple, value_at};
+use crate::headers::{check_name, find_raw, pair, pair_tuple, value_at};
 
 pub mod cors;
 pub mod gzip;
@@ -41,6 +42,18 @@ pub(crate) fn scope_headers<'py>(scope: &Bound<'py, PyAny>) -> PyResult<Bound<'p
             Ok(list)
         }
     }
+}
+
+/// A configured header name as ASGI lists hold it: lowercased as Python's
+/// `str.lower()` does, latin-1 encoded, and checked to be an RFC 9110 token
+/// (`ValueError` naming it otherwise).
+pub(crate) fn configured_name(py: Python<'_>, name: &str) -> PyResult<Vec<u8>> {
+    let lowered = to_latin1(&py_lower(name)).ok_or_else(|| {
+        let quoted = PyString::new(py, name).repr().map(|r| r.to_string()).unwrap_or_else(|_| format!("{name:?}"));
+        PyValueError::new_err(format!("invalid header name {quoted}: not latin-1"))
+    })?;
+    check_name(py, &lowered)?;
+    Ok(lowered)
 }
 
 /// Whether `message["type"]` is the string `kind`.

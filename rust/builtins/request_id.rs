@@ -12,8 +12,8 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyString};
 
-use super::{as_list, first_value, latin1, put_fields, scope_headers, start_headers, to_latin1, value_bytes};
-use crate::headers::{check_name, check_value, set_raw};
+use super::{as_list, configured_name, first_value, latin1, put_fields, scope_headers, start_headers, to_latin1, value_bytes};
+use crate::headers::{check_value, set_raw};
 
 /// A new request id: a random (version 4) UUID as 32 lowercase hex digits,
 /// the format of Python's `uuid4().hex`.
@@ -90,17 +90,24 @@ fn remove_all(text: &[char], pattern: &str) -> Vec<char> {
     out
 }
 
+/// 32 hex digits, or 8-4-4-4-12 of them with dashes: the shapes clients send,
+/// checked without the general path's copies.
+fn usual_uuid_shape<T: Copy + Into<char>>(text: &[T]) -> bool {
+    let hex = |c: T| c.into().is_ascii_hexdigit();
+    match text.len() {
+        32 => text.iter().all(|&c| hex(c)),
+        36 => text.iter().enumerate().all(|(i, &c)| if matches!(i, 8 | 13 | 18 | 23) { c.into() == '-' } else { hex(c) }),
+        _ => false,
+    }
+}
+
 /// asgi-correlation-id's `is_valid_uuid4`: whether `uuid.UUID(text, version=4)`
 /// accepts the text, i.e. the steps of `UUID.__init__` for a hex string: drop
 /// every `urn:` then every `uuid:`, strip `{`/`}` from both ends, drop every
 /// `-`, then 32 characters that `int(_, 16)` parses. (A loose check: any 32
 /// hex digits pass, whatever their version bits, as in the original.)
 fn is_valid_uuid4_chars(text: &[char]) -> bool {
-    // Fast path for the usual shapes: 32 hex digits, or 8-4-4-4-12 with dashes.
-    let plain = text.len() == 32 && text.iter().all(char::is_ascii_hexdigit);
-    let dashed = text.len() == 36
-        && text.iter().enumerate().all(|(i, c)| if matches!(i, 8 | 13 | 18 | 23) { *c == '-' } else { c.is_ascii_hexdigit() });
-    if plain || dashed {
+    if usual_uuid_shape(text) {
         return true;
     }
     let text = remove_all(&remove_all(text, "urn:"), "uuid:");
@@ -122,6 +129,9 @@ fn is_valid_uuid4_chars(text: &[char]) -> bool {
 }
 
 fn is_valid_uuid4_bytes(value: &[u8]) -> bool {
+    if usual_uuid_shape(value) {
+        return true;
+    }
     let chars: Vec<char> = value.iter().map(|&b| b as char).collect();
     is_valid_uuid4_chars(&chars)
 }
@@ -240,9 +250,7 @@ impl RequestIdPolicy {
         warn: Py<PyAny>,
         warning_message: Py<PyString>,
     ) -> PyResult<Self> {
-        let name = to_latin1(&header_name.to_lowercase())
-            .ok_or_else(|| PyValueError::new_err(format!("RequestIDMiddleware: header_name {header_name:?} is not latin-1")))?;
-        check_name(py, &name)?;
+        let name = configured_name(py, header_name)?;
         let validator = match (native_validator, validator) {
             (true, _) => Validator::Uuid4,
             (false, Some(f)) => Validator::Custom(f),

@@ -9,8 +9,8 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyString};
 
-use super::{is_message, put_fields, start_headers, to_latin1};
-use crate::headers::{check_name, check_value};
+use super::{configured_name, is_message, latin1, put_fields, start_headers, to_latin1};
+use crate::headers::check_value;
 
 /// At most this many fields (`put_fields` tracks them in a `u64`).
 const MAX_FIELDS: usize = 64;
@@ -46,12 +46,9 @@ impl SecurityHeadersPolicy {
         let repr = |text: &str| PyString::new(py, text).repr().map(|r| r.to_string()).unwrap_or_else(|_| format!("{text:?}"));
         let mut encoded: Vec<Field> = Vec::with_capacity(fields.len());
         for (name, value, https_only) in fields {
-            let lowered = name.to_lowercase();
-            let lower = to_latin1(&lowered)
-                .ok_or_else(|| PyValueError::new_err(format!("invalid header name {}: not latin-1", repr(&name))))?;
-            check_name(py, &lower)?;
+            let lower = configured_name(py, &name)?;
             let value_bytes = to_latin1(&value).ok_or_else(|| {
-                PyValueError::new_err(format!("invalid value for header {}: {} is not latin-1", repr(&lowered), repr(&value)))
+                PyValueError::new_err(format!("invalid value for header {}: {} is not latin-1", repr(&latin1(&lower)), repr(&value)))
             })?;
             check_value(py, &lower, &value_bytes)?;
             if encoded.iter().any(|f| f.name.bind(py).as_bytes() == lower.as_slice()) {
