@@ -235,7 +235,7 @@ async def test_a_shared_response_header_list_is_not_edited() -> None:
     ("make", "error", "message"),
     [
         (lambda: 123, TypeError, "generator returned int"),
-        (lambda: "a\nb", ValueError, "LF"),
+        (lambda: "a\nb", ValueError, "the generator returned an unsendable id: invalid value for header 'x-request-id': it contains LF"),
         (lambda: "caf\u20ac", ValueError, "not latin-1"),
     ],
 )
@@ -246,7 +246,7 @@ async def test_a_generator_returning_an_unsendable_id_raises_clearly(make: Any, 
 
 @pytest.mark.anyio
 async def test_a_transformer_returning_an_unsendable_id_raises_clearly() -> None:
-    with pytest.raises(ValueError, match="NUL"):
+    with pytest.raises(ValueError, match="the transformer returned an unsendable id: .* NUL"):
         await serve(RequestIDMiddleware(recorder({}), transformer=lambda v: v + "\0"))
 
 

@@ -23,6 +23,12 @@ fn new_id() -> [u8; 32] {
     out
 }
 
+/// A generated id as Python text.
+fn id_text<'py>(py: Python<'py>, id: &[u8; 32]) -> Bound<'py, PyString> {
+    // Hex digits are ASCII, so valid UTF-8.
+    PyString::new(py, std::str::from_utf8(id).unwrap_or_default())
+}
+
 /// Whether Python's `int(text, 16)` accepts `text` (its characters, each a
 /// latin-1 code point). Python keeps ASCII characters as they are, turns
 /// non-ASCII whitespace (U+0085, U+00A0) into spaces, then parses: optional
@@ -153,9 +159,7 @@ fn is_valid_uuid4(value: &Bound<'_, PyAny>) -> PyResult<bool> {
 /// A new request id: `uuid4().hex` (32 lowercase hex digits), made in Rust.
 #[pyfunction]
 fn generate_request_id(py: Python<'_>) -> Bound<'_, PyString> {
-    let id = new_id();
-    // Hex digits are ASCII, so valid UTF-8.
-    PyString::new(py, std::str::from_utf8(&id).unwrap_or_default())
+    id_text(py, &new_id())
 }
 
 /// How incoming ids are checked.
@@ -196,7 +200,7 @@ impl RequestIdPolicy {
         match &self.generator {
             None => {
                 let id = new_id();
-                Ok(RequestId { text: PyString::new(py, std::str::from_utf8(&id).unwrap_or_default()), bytes: id.to_vec() })
+                Ok(RequestId { text: id_text(py, &id), bytes: id.to_vec() })
             }
             Some(generator) => self.checked(generator.bind(py).call0()?, "generator"),
         }
@@ -215,7 +219,8 @@ impl RequestIdPolicy {
                 text.repr().map(|r| r.to_string()).unwrap_or_default()
             ))
         })?;
-        check_value(py, &self.name, &bytes)?;
+        check_value(py, &self.name, &bytes)
+            .map_err(|e| PyValueError::new_err(format!("RequestIDMiddleware: the {what} returned an unsendable id: {}", e.value(py))))?;
         Ok(RequestId { text, bytes })
     }
 
