@@ -21,7 +21,7 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 
-use crate::headers::{check_name, find_raw, pair, pair_tuple, value_at};
+use crate::headers::{check_name, find_raw, pair, value_at};
 
 pub mod cors;
 pub mod gzip;
@@ -80,13 +80,16 @@ pub(crate) fn start_headers<'py>(message: &Bound<'py, PyAny>) -> PyResult<Bound<
     Ok(list)
 }
 
-/// Adds `fields` (names lowercase, at most 64) to a header list in one pass,
-/// names compared ignoring ASCII case, as an app may send `X-Frame-Options`:
-/// a field already in the list is left alone or, with `overwrite`, gets the
-/// new value at its first place, its later copies removed.
-pub(crate) fn put_fields(list: &Bound<'_, PyList>, fields: &[(&Bound<'_, PyBytes>, &Bound<'_, PyBytes>)], overwrite: bool) -> PyResult<()> {
+/// Adds `fields`, `(name, value)` byte-string tuples (names lowercase, at most
+/// 64), to a header list in one pass, names compared ignoring ASCII case, as an
+/// app may send `X-Frame-Options`: a field already in the list is left alone
+/// or, with `overwrite`, gets the new value at its first place, its later
+/// copies removed. The tuples are stored as they are (they are immutable, so
+/// one made at construction can go into every response).
+pub(crate) fn put_fields(list: &Bound<'_, PyList>, fields: &[&Bound<'_, PyTuple>], overwrite: bool) -> PyResult<()> {
     debug_assert!(fields.len() <= 64);
-    let py = list.py();
+    let names: Vec<Bound<'_, PyBytes>> =
+        fields.iter().map(|f| f.get_item(0)?.cast_into::<PyBytes>().map_err(PyErr::from)).collect::<PyResult<_>>()?;
     // Bit i: field i is already in the list.
     let mut present: u64 = 0;
     let mut duplicates: Vec<usize> = Vec::new();
@@ -97,11 +100,11 @@ pub(crate) fn put_fields(list: &Bound<'_, PyList>, fields: &[(&Bound<'_, PyBytes
             _ => pair(&item)?.0,
         };
         let name = value_bytes(&name)?;
-        let Some(i) = fields.iter().position(|(n, _)| n.as_bytes().eq_ignore_ascii_case(&name)) else { continue };
+        let Some(i) = names.iter().position(|n| n.as_bytes().eq_ignore_ascii_case(&name)) else { continue };
         if present & (1 << i) == 0 {
             present |= 1 << i;
             if overwrite {
-                list.set_item(idx, pair_tuple(py, fields[i].0.clone().into_any(), fields[i].1.clone().into_any())?)?;
+                list.set_item(idx, fields[i])?;
             }
         } else if overwrite {
             duplicates.push(idx);
@@ -110,9 +113,9 @@ pub(crate) fn put_fields(list: &Bound<'_, PyList>, fields: &[(&Bound<'_, PyBytes
     for idx in duplicates.into_iter().rev() {
         list.del_item(idx)?;
     }
-    for (i, (name, value)) in fields.iter().enumerate() {
+    for (i, field) in fields.iter().enumerate() {
         if present & (1 << i) == 0 {
-            list.append(pair_tuple(py, (*name).clone().into_any(), (*value).clone().into_any())?)?;
+            list.append(*field)?;
         }
     }
     Ok(())

@@ -8,12 +8,13 @@
 //! User-supplied generator, validator and transformer stay Python callables.
 
 use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::ffi;
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyString};
+use pyo3::types::{PyBytes, PyString, PyTuple};
 
 use super::{as_list, configured_name, first_value, latin1, put_fields, scope_headers, start_headers, to_latin1, value_bytes};
-use crate::headers::{check_value, set_raw};
+use crate::headers::{check_value, pair_tuple, set_raw};
 
 /// A new request id: a random (version 4) UUID as 32 lowercase hex digits,
 /// the format of Python's `uuid4().hex`.
@@ -162,6 +163,17 @@ fn generate_request_id(py: Python<'_>) -> Bound<'_, PyString> {
     id_text(py, &new_id())
 }
 
+/// `var.set(value)`, straight through the C API (the token is not needed: the
+/// value is deliberately left set after the request, see the Python module).
+fn set_context_var(var: &Py<PyAny>, value: &Bound<'_, PyString>) -> PyResult<()> {
+    let py = value.py();
+    // SAFETY: `var` was checked to be a ContextVar at construction; the call
+    // returns a new reference to a Token, or NULL with an exception set.
+    let token = unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyContextVar_Set(var.as_ptr(), value.as_ptr()))? };
+    drop(token);
+    Ok(())
+}
+
 /// How incoming ids are checked.
 enum Validator {
     /// Every non-empty id is accepted (`validator=None`).
@@ -177,6 +189,8 @@ enum Validator {
 pub struct RequestIdPolicy {
     /// Lowercase, latin-1 encoded, validated as a field name.
     name: Vec<u8>,
+    /// The same name as a bytes object, for the response field.
+    name_object: Py<PyBytes>,
     update_request_header: bool,
     /// None: `generate_request_id`, natively.
     generator: Option<Py<PyAny>>,
@@ -261,7 +275,12 @@ impl RequestIdPolicy {
             (false, Some(f)) => Validator::Custom(f),
             (false, None) => Validator::Off,
         };
-        Ok(RequestIdPolicy { name, update_request_header, generator, validator, transformer, var, warn, warning_message })
+        // SAFETY: a type check on a live object.
+        if unsafe { ffi::PyContextVar_CheckExact(var.as_ptr()) } == 0 {
+            return Err(PyTypeError::new_err("RequestIdPolicy: var must be a contextvars.ContextVar"));
+        }
+        let name_object = PyBytes::new(py, &name).unbind();
+        Ok(RequestIdPolicy { name, name_object, update_request_header, generator, validator, transformer, var, warn, warning_message })
     }
 
     /// For one HTTP or websocket connection: decides the id, updates the
@@ -299,15 +318,12 @@ impl RequestIdPolicy {
             set_raw(&edited, &self.name, PyBytes::new(py, &id.bytes).into_any())?;
             scope.set_item(intern!(py, "headers"), edited)?;
         }
-        self.var.bind(py).call_method1(intern!(py, "set"), (&id.text,))?;
+        set_context_var(&self.var, &id.text)?;
         if !is_http || id.bytes.is_empty() {
             return Ok(send);
         }
-        let wrapped = RequestIdSend {
-            name: PyBytes::new(py, &self.name).unbind(),
-            id: PyBytes::new(py, &id.bytes).unbind(),
-            send: send.unbind(),
-        };
+        let field = pair_tuple(py, self.name_object.bind(py).clone().into_any(), PyBytes::new(py, &id.bytes).into_any())?;
+        let wrapped = RequestIdSend { field: field.unbind(), send: send.unbind() };
         Ok(Bound::new(py, wrapped)?.into_any())
     }
 }
@@ -315,8 +331,8 @@ impl RequestIdPolicy {
 /// The `send` a wrapped HTTP app gets: sets the id on the response start.
 #[pyclass(module = "ferroware._core", frozen)]
 pub struct RequestIdSend {
-    name: Py<PyBytes>,
-    id: Py<PyBytes>,
+    /// `(name, id)` as bytes.
+    field: Py<PyTuple>,
     send: Py<PyAny>,
 }
 
@@ -326,7 +342,7 @@ impl RequestIdSend {
         if super::is_message(&message, "http.response.start")? {
             let list = start_headers(&message)?;
             // Set, not appended: one id field even if the app set its own (in any case).
-            put_fields(&list, &[(self.name.bind(py), self.id.bind(py))], true)?;
+            put_fields(&list, &[self.field.bind(py)], true)?;
         }
         self.send.bind(py).call1((message,))
     }

@@ -7,18 +7,17 @@
 use pyo3::exceptions::PyValueError;
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyString};
+use pyo3::types::{PyBytes, PyString, PyTuple};
 
 use super::{configured_name, is_message, latin1, put_fields, start_headers, to_latin1};
-use crate::headers::check_value;
+use crate::headers::{check_value, pair_tuple};
 
 /// At most this many fields (`put_fields` tracks them in a `u64`).
 const MAX_FIELDS: usize = 64;
 
 struct Field {
-    /// Lowercase, as stored in ASGI header lists.
-    name: Py<PyBytes>,
-    value: Py<PyBytes>,
+    /// `(name, value)` as bytes, the name lowercase as in ASGI header lists.
+    pair: Py<PyTuple>,
     /// Only sent on https responses (Strict-Transport-Security: RFC 6797 §7.2
     /// forbids it over plain http, and browsers ignore it there).
     https_only: bool,
@@ -45,16 +44,19 @@ impl SecurityHeadersPolicy {
         // Python's repr, so messages quote names as the other header errors do.
         let repr = |text: &str| PyString::new(py, text).repr().map(|r| r.to_string()).unwrap_or_else(|_| format!("{text:?}"));
         let mut encoded: Vec<Field> = Vec::with_capacity(fields.len());
+        let mut names: Vec<Vec<u8>> = Vec::with_capacity(fields.len());
         for (name, value, https_only) in fields {
             let lower = configured_name(py, &name)?;
             let value_bytes = to_latin1(&value).ok_or_else(|| {
                 PyValueError::new_err(format!("invalid value for header {}: {} is not latin-1", repr(&latin1(&lower)), repr(&value)))
             })?;
             check_value(py, &lower, &value_bytes)?;
-            if encoded.iter().any(|f| f.name.bind(py).as_bytes() == lower.as_slice()) {
+            if names.contains(&lower) {
                 return Err(PyValueError::new_err(format!("header {} is given twice", repr(&name))));
             }
-            encoded.push(Field { name: PyBytes::new(py, &lower).unbind(), value: PyBytes::new(py, &value_bytes).unbind(), https_only });
+            let pair = pair_tuple(py, PyBytes::new(py, &lower).into_any(), PyBytes::new(py, &value_bytes).into_any())?;
+            encoded.push(Field { pair: pair.unbind(), https_only });
+            names.push(lower);
         }
         Ok(SecurityHeadersPolicy { fields: encoded, overwrite })
     }
@@ -94,12 +96,8 @@ impl SecuritySend {
     fn edit_start(&self, py: Python<'_>, message: &Bound<'_, PyAny>) -> PyResult<()> {
         let policy = self.policy.get();
         let list = start_headers(message)?;
-        let fields: Vec<(&Bound<'_, PyBytes>, &Bound<'_, PyBytes>)> = policy
-            .fields
-            .iter()
-            .filter(|f| self.https || !f.https_only)
-            .map(|f| (f.name.bind(py), f.value.bind(py)))
-            .collect();
+        let fields: Vec<&Bound<'_, PyTuple>> =
+            policy.fields.iter().filter(|f| self.https || !f.https_only).map(|f| f.pair.bind(py)).collect();
         put_fields(&list, &fields, policy.overwrite)
     }
 }
