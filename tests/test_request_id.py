@@ -11,6 +11,7 @@ import itertools
 import logging
 import re
 import uuid
+from contextvars import ContextVar
 from typing import Any
 
 import fastapi
@@ -34,7 +35,7 @@ from starlette.websockets import WebSocket
 import ferroware.applications
 import ferroware.base
 from ferroware.middleware import RequestIDMiddleware, get_request_id, request_id
-from ferroware.middleware.request_id import FAILED_VALIDATION_MESSAGE, generate_request_id, is_valid_uuid4
+from ferroware.middleware.requestid import FAILED_VALIDATION_MESSAGE, generate_request_id, is_valid_uuid4
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 HEX32 = re.compile(r"[0-9a-f]{32}")
@@ -142,7 +143,7 @@ async def test_a_valid_incoming_id_is_kept_as_sent(incoming: str) -> None:
 async def test_an_invalid_incoming_id_is_replaced_and_logged(incoming: bytes, caplog: pytest.LogCaptureFixture) -> None:
     seen: dict[str, Any] = {}
     headers = [(b"x-request-id", incoming), (b"x-request-id", VALID.encode()), (b"accept", b"*/*")]
-    with caplog.at_level(logging.WARNING, logger="ferroware.middleware.request_id"):
+    with caplog.at_level(logging.WARNING, logger="ferroware.middleware.requestid"):
         sent = await serve(RequestIDMiddleware(recorder(seen)), headers=headers)
     assert HEX32.fullmatch(seen["id"]) and seen["id"] != VALID
     # The first field gets the new id in place; the later one of that name goes (Starlette's headers[name] = v).
@@ -456,7 +457,7 @@ async def run_one(middleware_cls: type, config: dict[str, Any], var: Any, scope:
     records: list[str] = []
     handler = logging.Handler()
     handler.emit = lambda record: records.append(record.getMessage())  # type: ignore[method-assign]
-    loggers = [logging.getLogger("asgi_correlation_id"), logging.getLogger("ferroware.middleware.request_id")]
+    loggers = [logging.getLogger("asgi_correlation_id"), logging.getLogger("ferroware.middleware.requestid")]
     for logger in loggers:
         logger.addHandler(handler)
         logger.propagate = False  # thousands of examples: keep them out of pytest's log capture
@@ -518,7 +519,9 @@ async def test_random_headers_give_exactly_one_id(config: dict[str, Any], header
 def test_public_names() -> None:
     import ferroware.middleware as middleware
 
-    assert middleware.request_id is request_id
+    # The contextvar is not shadowed by (nor shadows) the module it lives in.
+    assert isinstance(middleware.request_id, ContextVar) and middleware.request_id is request_id
+    assert middleware.requestid.request_id is request_id
     assert middleware.get_request_id is get_request_id
     assert "RequestIDMiddleware" in middleware.__all__
 

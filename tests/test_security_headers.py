@@ -21,7 +21,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 import ferroware.applications
 from ferroware.middleware import SecurityHeadersMiddleware
-from ferroware.middleware.security import PRESETS
+from ferroware.middleware.securityheaders import PRESETS
 
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 

@@ -4,7 +4,7 @@
 //! header list and the contextvar, and add it to the response start.
 //!
 //! The semantics are those of asgi-correlation-id's `CorrelationIdMiddleware`;
-//! the deliberate differences are listed in `ferroware.middleware.request_id`.
+//! the deliberate differences are listed in `ferroware.middleware.requestid`.
 //! User-supplied generator, validator and transformer stay Python callables.
 
 use pyo3::exceptions::{PyTypeError, PyValueError};

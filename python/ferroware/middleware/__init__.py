@@ -16,8 +16,8 @@ from __future__ import annotations
 from ferroware.middleware.cors import CORSMiddleware
 from ferroware.middleware.gzip import GZipMiddleware, GZipResponder
 from ferroware.middleware.httpsredirect import HTTPSRedirectMiddleware
-from ferroware.middleware.request_id import RequestIDMiddleware, get_request_id, request_id
-from ferroware.middleware.security import SecurityHeadersMiddleware
+from ferroware.middleware.requestid import RequestIDMiddleware, get_request_id, request_id
+from ferroware.middleware.securityheaders import SecurityHeadersMiddleware
 from ferroware.middleware.trustedhost import TrustedHostMiddleware
 
 __all__ = [

@@ -24,7 +24,7 @@ Deliberate differences from asgi-correlation-id 5:
   failing validation (even with ``validator=None``);
 * a generator or transformer returning a non-``str``, a value outside latin-1,
   or one containing CR, LF or NUL raises ``TypeError``/``ValueError`` naming it;
-* no Sentry extension; the warning is logged to ``ferroware.middleware.request_id``.
+* no Sentry extension; the warning is logged to ``ferroware.middleware.requestid``.
 """
 
 from __future__ import annotations
