@@ -18,11 +18,20 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from asgi_correlation_id import CorrelationIdMiddleware
+from starlette.datastructures import MutableHeaders
 from starlette.middleware.cors import CORSMiddleware as StarletteCORS
 from starlette.middleware.gzip import GZipMiddleware as StarletteGZip
 from starlette.middleware.trustedhost import TrustedHostMiddleware as StarletteTrustedHost
 
-from ferroware.middleware import CompressionMiddleware, CORSMiddleware, GZipMiddleware, TrustedHostMiddleware
+from ferroware.middleware import (
+    CompressionMiddleware,
+    CORSMiddleware,
+    GZipMiddleware,
+    RequestIDMiddleware,
+    SecurityHeadersMiddleware,
+    TrustedHostMiddleware,
+)
 
 REQUESTS = 2000
 IMPLS = {"starlette": (StarletteCORS, StarletteTrustedHost, StarletteGZip), "ferroware": (CORSMiddleware, TrustedHostMiddleware, GZipMiddleware)}  # fmt: skip
@@ -148,3 +157,57 @@ def test_compression_100k_json(benchmark: Any, impl: str) -> None:
     sent = benchmark(batch(asgi, make_scope, 1))
     assert dict(sent[0]["headers"])[b"content-encoding"] == coding.encode()
     benchmark.extra_info.update(compression_impl=impl, size=len(sent[1]["body"]), raw=len(JSON_BODY))
+
+
+# --------------------------------------------------------------------------- request id and security headers
+# No Starlette class to compare with: the reference ("python") is
+# asgi-correlation-id's CorrelationIdMiddleware, and for the security headers
+# the same fields set with Starlette's MutableHeaders in a plain pure-ASGI layer.
+
+
+class PythonSecurityHeaders:
+    """SecurityHeadersMiddleware's default preset, written the usual way."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.headers = SecurityHeadersMiddleware(app).headers
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        https = scope.get("scheme") == "https"
+
+        async def send_with_headers(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for name, value in self.headers.items():
+                    if https or name != "Strict-Transport-Security":
+                        headers.setdefault(name, value)
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+GIVEN_ID = b"1b4e28ba2fa1411d8e4f5e6f8a9b0c1d"
+EXTRA_CASES: dict[str, tuple[dict[str, Any], Callable[[], dict[str, Any]]]] = {
+    "request-id-new": ({"python": CorrelationIdMiddleware, "ferroware": RequestIDMiddleware}, SIMPLE),
+    "request-id-given": ({"python": CorrelationIdMiddleware, "ferroware": RequestIDMiddleware},
+                         lambda: scope_for("GET", [(b"host", b"app.example"), (b"x-request-id", GIVEN_ID), (b"accept", b"*/*")])),
+    "security-headers": ({"python": PythonSecurityHeaders, "ferroware": SecurityHeadersMiddleware},
+                         lambda: {**scope_for("GET", [(b"host", b"app.example"), (b"accept", b"*/*")]), "scheme": "https"}),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(EXTRA_CASES))
+@pytest.mark.parametrize("impl", ["bare", "python", "ferroware"])
+def test_request_id_and_security_headers(benchmark: Any, case: str, impl: str) -> None:
+    classes, make_scope = EXTRA_CASES[case]
+    asgi = app if impl == "bare" else classes[impl](app)
+    benchmark.group = case
+    benchmark.extra_info.update(builtin_case=case, builtin_impl=impl, requests=REQUESTS)
+    sent = benchmark(batch(asgi, make_scope, REQUESTS))
+    assert len(sent) == 2 * REQUESTS
+    if impl != "bare":
+        names = [k for k, _ in sent[0]["headers"]]
+        assert (b"x-request-id" in names) if case.startswith("request-id") else (b"strict-transport-security" in names)

@@ -49,7 +49,7 @@ fn latin1_repr(py: Python<'_>, bytes: &[u8]) -> String {
 }
 
 /// `ValueError` unless `name` (already lowercased and encoded) is an RFC 9110 token.
-fn check_name(py: Python<'_>, name: &[u8]) -> PyResult<()> {
+pub(crate) fn check_name(py: Python<'_>, name: &[u8]) -> PyResult<()> {
     if name.is_empty() {
         return Err(PyValueError::new_err(
             "invalid header name '': empty (a field name must be an RFC 9110 token)",
@@ -68,7 +68,7 @@ fn check_name(py: Python<'_>, name: &[u8]) -> PyResult<()> {
 }
 
 /// `ValueError` if `value` contains CR, LF or NUL (it could split the response).
-fn check_value(py: Python<'_>, name: &[u8], value: &[u8]) -> PyResult<()> {
+pub(crate) fn check_value(py: Python<'_>, name: &[u8], value: &[u8]) -> PyResult<()> {
     if let Some(pos) = value.iter().position(|&b| b == b'\r' || b == b'\n' || b == 0) {
         let what = match value[pos] {
             b'\r' => "CR (\\r)",
@@ -247,7 +247,7 @@ pub(crate) fn decode<'py>(raw: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>
 
 /// `name, value = item`, with Python's unpacking errors.
 #[inline]
-fn pair<'py>(item: &Bound<'py, PyAny>) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
+pub(crate) fn pair<'py>(item: &Bound<'py, PyAny>) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
     if let Ok(t) = item.cast::<PyTuple>() {
         if t.len() == 2 {
             return Ok((t.get_item(0)?, t.get_item(1)?));

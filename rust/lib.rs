@@ -29,6 +29,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     timing::init(m)?;
     builtins::cors::init(m)?;
     builtins::hosts::init(m)?;
+    builtins::request_id::init(m)?;
+    builtins::security::init(m)?;
     builtins::gzip::init(m)?;
     builtins::encode::init(m)?;
     builtins::compress::init(m)?;

@@ -2,6 +2,7 @@
 public API in ``ferroware`` instead."""
 
 from collections.abc import Awaitable, Callable, Generator, Iterable, Iterator, Mapping, MutableMapping
+from contextvars import ContextVar
 from types import CodeType
 from typing import Any, ClassVar, final
 
@@ -199,6 +200,47 @@ class HostPolicy:
 
 def host_authority(headers: Any) -> str | None: ...
 def parse_host_header(header: str | bytes) -> tuple[str, str | None] | None: ...
+
+@final
+class RequestIdPolicy:
+    """One ``RequestIDMiddleware``'s options (None generator: the compiled one)."""
+
+    def __init__(
+        self,
+        *,
+        header_name: str,
+        update_request_header: bool,
+        generator: Callable[[], str] | None,
+        validator: Callable[[str], bool] | None,
+        native_validator: bool,
+        transformer: Callable[[str], str] | None,
+        var: ContextVar[str | None],
+        warn: Callable[..., None],
+        warning_message: str,
+    ) -> None: ...
+    def start(self, scope: Any, send: Send, is_http: bool) -> Send: ...
+
+@final
+class RequestIdSend:
+    """The ``send`` an app under ``RequestIDMiddleware`` gets (HTTP)."""
+
+    def __call__(self, message: Any) -> Any: ...
+
+def is_valid_uuid4(value: str) -> bool: ...
+def generate_request_id() -> str: ...
+
+@final
+class SecurityHeadersPolicy:
+    """One ``SecurityHeadersMiddleware``'s fields, validated and encoded."""
+
+    def __init__(self, fields: list[tuple[str, str, bool]], *, overwrite: bool) -> None: ...
+    def wrap(self, scope: Any, send: Send) -> SecuritySend: ...
+
+@final
+class SecuritySend:
+    """The ``send`` an app under ``SecurityHeadersMiddleware`` gets."""
+
+    def __call__(self, message: Any) -> Any: ...
 
 def gzip_compress(data: Any, level: int = 9) -> bytes: ...
 def gzip_inspect_start(message: Any, excluded: list[str]) -> tuple[list[Any], bool]: ...

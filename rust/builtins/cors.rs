@@ -7,9 +7,9 @@
 
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
+use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
 
-use super::{as_list, first_value, latin1, py_lower, py_strip, scope_headers, text_response, value_bytes};
+use super::{first_value, is_message, latin1, py_lower, py_strip, scope_headers, start_headers, text_response, value_bytes};
 use crate::headers::{set_raw, values_raw};
 
 const ACAO: &[u8] = b"access-control-allow-origin";
@@ -209,9 +209,7 @@ fn add_vary_origin(list: &Bound<'_, PyList>) -> PyResult<()> {
 #[pymethods]
 impl CorsSend {
     fn __call__<'py>(&self, py: Python<'py>, message: Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
-        let kind = message.get_item(intern!(py, "type"))?;
-        let is_start = kind.cast::<PyString>().is_ok_and(|k| k.to_str().is_ok_and(|k| k == "http.response.start"));
-        if is_start {
+        if is_message(&message, "http.response.start")? {
             self.edit_start(py, &message)?;
         }
         self.send.bind(py).call1((message,))
@@ -220,21 +218,7 @@ impl CorsSend {
 
 impl CorsSend {
     fn edit_start(&self, py: Python<'_>, message: &Bound<'_, PyAny>) -> PyResult<()> {
-        let key = intern!(py, "headers");
-        let current = match message.cast::<PyDict>() {
-            Ok(d) => match d.get_item(key)? {
-                Some(h) => h,
-                None => {
-                    let fresh = PyList::empty(py).into_any();
-                    d.set_item(key, &fresh)?;
-                    fresh
-                }
-            },
-            Err(_) => message.call_method1(intern!(py, "setdefault"), (key, PyList::empty(py)))?,
-        };
-        // Starlette's MutableHeaders(scope=message): a fresh list, put back.
-        let list = as_list(&current)?;
-        message.set_item(key, &list)?;
+        let list = start_headers(message)?;
 
         let policy = self.policy.get();
         let Some(origin) = &self.origin else {

@@ -6,8 +6,10 @@ the whole migration::
 
     from ferroware.middleware import CORSMiddleware  # was: from starlette.middleware.cors import ...
 
-``CompressionMiddleware`` (zstd, brotli and gzip, negotiated by q-value) is
-ferroware's own; it has no Starlette counterpart.
+Three have no Starlette counterpart: ``CompressionMiddleware`` (zstd, brotli
+and gzip, negotiated by q-value), ``RequestIDMiddleware`` (the options of
+asgi-correlation-id, the id in the ``request_id`` contextvar) and
+``SecurityHeadersMiddleware`` (HSTS, CSP and friends from a preset).
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from ferroware.middleware.compression import CompressionMiddleware
 from ferroware.middleware.cors import CORSMiddleware
 from ferroware.middleware.gzip import GZipMiddleware, GZipResponder
 from ferroware.middleware.httpsredirect import HTTPSRedirectMiddleware
+from ferroware.middleware.requestid import RequestIDMiddleware, get_request_id, request_id
+from ferroware.middleware.securityheaders import SecurityHeadersMiddleware
 from ferroware.middleware.trustedhost import TrustedHostMiddleware
 
 __all__ = [
@@ -24,5 +28,9 @@ __all__ = [
     "GZipMiddleware",
     "GZipResponder",
     "HTTPSRedirectMiddleware",
+    "RequestIDMiddleware",
+    "SecurityHeadersMiddleware",
     "TrustedHostMiddleware",
+    "get_request_id",
+    "request_id",
 ]
