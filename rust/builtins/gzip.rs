@@ -4,10 +4,10 @@
 
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList};
+use pyo3::types::{PyBytes, PyList};
 
 use super::encode::{Coding, Stream};
-use super::{as_list, first_value, latin1, py_lower, py_strip, value_bytes};
+use super::{first_value, latin1, message_headers, py_lower, py_strip, value_bytes};
 use crate::headers::{delete_raw, find_raw, set_raw, values_raw};
 
 /// One-shot gzip of `data` at `level` (for benchmarks and tests).
@@ -42,26 +42,8 @@ fn gzip_inspect_start<'py>(
     excluded: Vec<String>,
 ) -> PyResult<(Bound<'py, PyList>, bool)> {
     let py = message.py();
-    let key = intern!(py, "headers");
-    let current = match message.cast::<PyDict>() {
-        Ok(d) => d.get_item(key)?,
-        Err(_) => Some(message.call_method1(intern!(py, "setdefault"), (key, PyList::empty(py)))?),
-    };
-    let list = match current {
-        Some(h) => match h.cast_into::<PyList>() {
-            Ok(l) => l,
-            Err(e) => {
-                let l = as_list(&e.into_inner())?;
-                message.set_item(key, &l)?;
-                l
-            }
-        },
-        None => {
-            let l = PyList::empty(py);
-            message.set_item(key, &l)?;
-            l
-        }
-    };
+    // The app's own list is edited (as Starlette's `MutableHeaders(raw=...)` does).
+    let list = message_headers(message, false)?;
     if find_raw(&list, b"content-encoding", 0)?.is_some() {
         return Ok((list, true));
     }

@@ -70,12 +70,21 @@ pub(crate) fn is_message(message: &Bound<'_, PyAny>, kind: &str) -> PyResult<boo
 /// gives it: always a new list, put back into the message, because the app's
 /// own list may be shared (a `Response`'s `raw_headers`, a module constant).
 pub(crate) fn start_headers<'py>(message: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyList>> {
+    message_headers(message, true)
+}
+
+/// A message's `headers` as a list, put back into the message: a new list
+/// when `copy` is set or when they aren't a list already, else the same one.
+pub(crate) fn message_headers<'py>(message: &Bound<'py, PyAny>, copy: bool) -> PyResult<Bound<'py, PyList>> {
     let py = message.py();
     let key = intern!(py, "headers");
     let current = match message.cast::<PyDict>() {
         Ok(d) => d.get_item(key)?,
         Err(_) => Some(message.call_method1(intern!(py, "setdefault"), (key, PyList::empty(py)))?),
     };
+    if let Some(list) = current.as_ref().and_then(|h| h.cast::<PyList>().ok()).filter(|_| !copy) {
+        return Ok(list.clone());
+    }
     let list = match current {
         Some(headers) => as_list(&headers)?,
         None => PyList::empty(py),
