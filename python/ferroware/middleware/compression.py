@@ -15,7 +15,7 @@ from functools import partial
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ferroware._core import CompressStream, EncodingPolicy
-from ferroware.middleware.gzip import _normalize, _Responder, _Stream
+from ferroware.middleware._responder import Responder, Stream, normalize_content_types
 
 # Responses left as they are. Types that gain nothing (already compressed,
 # or media whose players expect byte ranges) and streams that must reach the
@@ -53,7 +53,7 @@ DEFAULT_EXCLUDED_CONTENT_TYPES = (
 DEFAULT_PREFERENCE = ("zstd", "br", "gzip")
 
 
-def _never() -> _Stream:  # pragma: no cover - only called when a coding was chosen
+def _never() -> Stream:  # pragma: no cover - only called when a coding was chosen
     raise AssertionError("no coding was negotiated")
 
 
@@ -101,14 +101,14 @@ class CompressionMiddleware:
         self.minimum_size = _check_int("minimum_size", minimum_size, 0)
         self.thread_minimum_size = _check_int("thread_minimum_size", thread_minimum_size, 0)
         self.preference = _check_names("preference", preference)
-        self.exclude_content_types = tuple(_normalize(_check_names("exclude_content_types", exclude_content_types)))
+        self.exclude_content_types = tuple(normalize_content_types(_check_names("exclude_content_types", exclude_content_types)))
         self.zstd_level = _check_int("zstd_level", zstd_level)
         self.brotli_quality = _check_int("brotli_quality", brotli_quality)
         self.gzip_level = _check_int("gzip_level", gzip_level)
         self._policy = EncodingPolicy(list(self.preference))
         self._excluded = list(self.exclude_content_types)
         # What each negotiated coding (None: none) means for a response.
-        self._codings: dict[str | None, tuple[bytes | None, Callable[[], _Stream]]] = {None: (None, _never)}
+        self._codings: dict[str | None, tuple[bytes | None, Callable[[], Stream]]] = {None: (None, _never)}
         for coding, argument, level in (("zstd", "zstd_level", zstd_level), ("br", "brotli_quality", brotli_quality),
                                         ("gzip", "gzip_level", gzip_level)):  # fmt: skip
             try:
@@ -122,5 +122,5 @@ class CompressionMiddleware:
             await self.app(scope, receive, send)
             return
         encoding, make_stream = self._codings[self._policy.choose(scope)]
-        responder = _Responder(self.app, self.minimum_size, self._excluded, encoding, make_stream, self.thread_minimum_size)
+        responder = Responder(self.app, self.minimum_size, self._excluded, encoding, make_stream, self.thread_minimum_size)
         await responder(scope, receive, send)
