@@ -21,8 +21,10 @@ factory (``Exchange``) shared by the CLI and the pytest-benchmark suite:
   class for stock, ferroware's for ferroware),
 - ``mixed``: a realistic stack, repeated: ``CORSMiddleware`` and
   ``GZipMiddleware`` (Starlette's for stock and pure, ferroware's compiled
-  ones for ferroware), a request-id layer that reads
-  and sets ``x-request-id``, and two header-setting decorator layers. Layer
+  ones for ferroware), a request-id layer that reads and sets
+  ``x-request-id`` (a decorator layer for stock, pure ASGI for pure,
+  ferroware's compiled ``RequestIDMiddleware`` for ferroware), and two
+  header-setting decorator layers. Layer
   ``i`` (outermost first) is ``MIXED_UNIT[i % 5]``, so 5 layers is exactly
   that stack, 10 is it twice.
 
@@ -55,6 +57,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 import ferroware
 from ferroware.middleware import CORSMiddleware as FerrowareCORSMiddleware
 from ferroware.middleware import GZipMiddleware as FerrowareGZipMiddleware
+from ferroware.middleware import RequestIDMiddleware as FerrowareRequestIDMiddleware
 from ferroware.base import BaseHTTPMiddleware
 
 IMPLEMENTATIONS = ("stock", "pure", "ferroware")
@@ -311,6 +314,8 @@ def _add_layer(app: Starlette, implementation: str, framework: str, kind: str) -
         app.add_middleware(cors, allow_origins=[ORIGIN], expose_headers=["x-request-id"])
     elif kind == "gzip":
         app.add_middleware(FerrowareGZipMiddleware if implementation == "ferroware" else GZipMiddleware)
+    elif kind == "request_id" and implementation == "ferroware":
+        app.add_middleware(FerrowareRequestIDMiddleware)
     elif implementation == "pure":
         app.add_middleware(_PURE[kind])  # type: ignore[arg-type]
     elif kind == "subclass":
