@@ -481,7 +481,7 @@ impl RunLayer {
         if outermost {
             let hooks = self.dispatcher.get().hooks.get();
             if hooks.others_ready.bind(py).call0()?.is_truthy()?
-                && self.background_pending(py, hooks.response_calls.bind(py))? != Some(false)
+                && self.background_pending(py, hooks.response_calls.bind(py)) != Some(false)
             {
                 self.sub = Some(Sub::Py(awaitable_iter(&hooks.checkpoint.bind(py).call0()?)?));
                 self.phase = Phase::Checkpoint;
@@ -494,9 +494,10 @@ impl RunLayer {
     /// Whether anything below this layer, suspended after the response, has a
     /// background task to run: `Some(true)` or `Some(false)` when the
     /// suspended frames tell, `None` when they can't.
-    fn background_pending(&self, py: Python<'_>, response_calls: &Bound<'_, PyTuple>) -> PyResult<Option<bool>> {
+    /// A look that fails (an object not as expected on the way) is unknown too.
+    fn background_pending(&self, py: Python<'_>, response_calls: &Bound<'_, PyTuple>) -> Option<bool> {
         let peek = Peek { py, response_calls, depth: std::cell::Cell::new(0) };
-        peek.app_of(self.channel())
+        peek.app_of(self.channel()).unwrap_or(None)
     }
 
     fn finish(&mut self, _py: Python<'_>) -> PyResult<bool> {
