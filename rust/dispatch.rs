@@ -16,6 +16,7 @@
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString, PyTuple, PyType};
+use std::sync::atomic::{AtomicBool, Ordering};
 use pyo3::{ffi, intern, IntoPyObjectExt};
 
 use crate::coro::{exception_from_throw_args, Ready};
@@ -364,11 +365,11 @@ impl Channel {
             this.outbox = Some(message);
             let pause = match &this.pause {
                 Some(pause) => {
-                    pause.borrow_mut(py).yielded = false;
+                    pause.get().rearm();
                     pause.clone_ref(py)
                 }
                 None => {
-                    let pause = Py::new(py, Pause { yielded: false })?;
+                    let pause = Py::new(py, Pause::default())?;
                     this.pause = Some(pause.clone_ref(py));
                     pause
                 }
@@ -501,9 +502,25 @@ impl Channel {
 /// Returned by a direct `send`: yields itself once, so the driver above sees
 /// the message; then finishes (returns None) when the driver resumes it. It
 /// holds nothing, so it makes no reference cycle with its channel.
-#[pyclass(module = "ferroware._core")]
+///
+/// Frozen, its one flag an atomic used with relaxed ordering (a plain load or
+/// store): a mutable pyclass would pay PyO3's atomic borrow flag, a locked
+/// instruction, on every step, and a pause is stepped several times per layer.
+#[pyclass(module = "ferroware._core", frozen)]
+#[derive(Default)]
 pub struct Pause {
-    yielded: bool,
+    yielded: AtomicBool,
+}
+
+impl Pause {
+    /// Ready to yield again, for the channel's next direct send.
+    pub fn rearm(&self) {
+        self.yielded.store(false, Ordering::Relaxed);
+    }
+
+    fn mark_yielded(&self) {
+        self.yielded.store(true, Ordering::Relaxed);
+    }
 }
 
 #[pymethods]
@@ -516,19 +533,19 @@ impl Pause {
         slf
     }
 
-    fn __next__(mut slf: PyRefMut<'_, Self>) -> Option<PyRefMut<'_, Self>> {
-        if slf.yielded {
+    fn __next__(slf: PyRef<'_, Self>) -> Option<PyRef<'_, Self>> {
+        if slf.yielded.load(Ordering::Relaxed) {
             return None;
         }
-        slf.yielded = true;
+        slf.mark_yielded();
         Some(slf)
     }
 
-    fn send<'py>(mut slf: PyRefMut<'py, Self>, _value: &Bound<'py, PyAny>) -> PyResult<PyRefMut<'py, Self>> {
-        if slf.yielded {
+    fn send<'py>(slf: PyRef<'py, Self>, _value: &Bound<'py, PyAny>) -> PyResult<PyRef<'py, Self>> {
+        if slf.yielded.load(Ordering::Relaxed) {
             return Err(crate::coro::stop_iteration(slf.py(), slf.py().None()));
         }
-        slf.yielded = true;
+        slf.mark_yielded();
         Ok(slf)
     }
 
@@ -536,18 +553,18 @@ impl Pause {
     /// own `await send(...)`.
     #[pyo3(signature = (typ, val=None, tb=None))]
     fn throw(
-        &mut self,
+        &self,
         py: Python<'_>,
         typ: &Bound<'_, PyAny>,
         val: Option<&Bound<'_, PyAny>>,
         tb: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Py<PyAny>> {
-        self.yielded = true;
+        self.mark_yielded();
         Err(exception_from_throw_args(py, typ, val, tb)?)
     }
 
-    fn close(&mut self) {
-        self.yielded = true;
+    fn close(&self) {
+        self.mark_yielded();
     }
 }
 
