@@ -26,27 +26,28 @@
 use pyo3::prelude::*;
 use pyo3::types::{PyString, PyTuple};
 
-/// Entries in the table (a power of two).
 #[cfg(not(Py_GIL_DISABLED))]
-const SLOTS: usize = 64;
-
-/// Longer values aren't cached, so the table can't pin large strings.
-#[cfg(not(Py_GIL_DISABLED))]
-const MAX_VALUE_LEN: usize = 256;
+pub(crate) use table::{lookup, store};
 
 #[cfg(not(Py_GIL_DISABLED))]
 mod table {
     use super::*;
     use std::cell::UnsafeCell;
 
+    /// Entries in the table (a power of two).
+    const SLOTS: usize = 64;
+
+    /// Longer values aren't cached, so the table can't pin large strings.
+    const MAX_VALUE_LEN: usize = 256;
+
     /// The two `str` objects and the field built from them.
-    pub(super) struct Entry {
-        pub(super) name: Py<PyString>,
-        pub(super) value: Py<PyString>,
-        pub(super) field: Py<PyTuple>,
+    struct Entry {
+        name: Py<PyString>,
+        value: Py<PyString>,
+        field: Py<PyTuple>,
     }
 
-    pub(super) struct Table(UnsafeCell<[Option<Entry>; SLOTS]>);
+    struct Table(UnsafeCell<[Option<Entry>; SLOTS]>);
 
     // SAFETY: only reached through `with_table`, which needs a `Python` token,
     // and on a build with a GIL (this module doesn't exist without one): the
@@ -57,50 +58,47 @@ mod table {
 
     /// Runs `f` on the table. `f` must not run Python code or allocate Python objects.
     #[inline]
-    pub(super) fn with_table<R>(_py: Python<'_>, f: impl FnOnce(&mut [Option<Entry>; SLOTS]) -> R) -> R {
+    fn with_table<R>(_py: Python<'_>, f: impl FnOnce(&mut [Option<Entry>; SLOTS]) -> R) -> R {
         // SAFETY: see `Table`'s `Sync`; no other borrow can be alive, as `f`
         // doesn't call back into anything that could reach here.
         f(unsafe { &mut *TABLE.0.get() })
     }
-}
 
-/// The slot for a pair of objects, from their addresses.
-#[cfg(not(Py_GIL_DISABLED))]
-#[inline]
-fn slot(name: &Bound<'_, PyString>, value: &Bound<'_, PyString>) -> usize {
-    // Objects are 16-byte aligned: drop the low bits, mix the two addresses.
-    let n = name.as_ptr() as usize >> 4;
-    let v = value.as_ptr() as usize >> 4;
-    (n ^ v.wrapping_mul(0x9E37_79B9)) % SLOTS
-}
-
-/// The field stored earlier for exactly these two `str` objects, if still cached.
-#[cfg(not(Py_GIL_DISABLED))]
-pub(crate) fn lookup<'py>(name: &Bound<'py, PyString>, value: &Bound<'py, PyString>) -> Option<Bound<'py, PyTuple>> {
-    let py = name.py();
-    table::with_table(py, |table| match &table[slot(name, value)] {
-        Some(e) if e.name.as_ptr() == name.as_ptr() && e.value.as_ptr() == value.as_ptr() => {
-            Some(e.field.bind(py).clone())
-        }
-        _ => None,
-    })
-}
-
-/// Remembers `field` as the validated field for these two `str` objects.
-#[cfg(not(Py_GIL_DISABLED))]
-pub(crate) fn store(name: &Bound<'_, PyString>, value: &Bound<'_, PyString>, field: &Bound<'_, PyTuple>) {
-    // SAFETY: `value` is a live str; reading its length has no side effects.
-    let len = unsafe { pyo3::ffi::PyUnicode_GET_LENGTH(value.as_ptr()) } as usize;
-    if len > MAX_VALUE_LEN {
-        return;
+    /// The slot for a pair of objects, from their addresses.
+    #[inline]
+    fn slot(name: &Bound<'_, PyString>, value: &Bound<'_, PyString>) -> usize {
+        // Objects are 16-byte aligned: drop the low bits, mix the two addresses.
+        let n = name.as_ptr() as usize >> 4;
+        let v = value.as_ptr() as usize >> 4;
+        (n ^ v.wrapping_mul(0x9E37_79B9)) % SLOTS
     }
-    let entry = table::Entry { name: name.clone().unbind(), value: value.clone().unbind(), field: field.clone().unbind() };
-    let evicted = table::with_table(name.py(), |table| table[slot(name, value)].replace(entry));
-    // Released here, after the borrow: freeing them runs no Python code, but
-    // nothing is done under the borrow that doesn't have to be.
-    drop(evicted);
+
+    /// The field stored earlier for exactly these two `str` objects, if still cached.
+    pub(crate) fn lookup<'py>(name: &Bound<'py, PyString>, value: &Bound<'py, PyString>) -> Option<Bound<'py, PyTuple>> {
+        let py = name.py();
+        with_table(py, |table| match &table[slot(name, value)] {
+            Some(e) if e.name.as_ptr() == name.as_ptr() && e.value.as_ptr() == value.as_ptr() => {
+                Some(e.field.bind(py).clone())
+            }
+            _ => None,
+        })
+    }
+
+    /// Remembers `field` as the validated field for these two `str` objects.
+    pub(crate) fn store(name: &Bound<'_, PyString>, value: &Bound<'_, PyString>, field: &Bound<'_, PyTuple>) {
+        // SAFETY: `value` is a live str; reading its length has no side effects.
+        let len = unsafe { pyo3::ffi::PyUnicode_GET_LENGTH(value.as_ptr()) } as usize;
+        if len > MAX_VALUE_LEN {
+            return;
+        }
+        let entry = Entry { name: name.clone().unbind(), value: value.clone().unbind(), field: field.clone().unbind() };
+        let evicted = with_table(name.py(), |table| table[slot(name, value)].replace(entry));
+        // The evicted entry is released only now, outside the borrow.
+        drop(evicted);
+    }
 }
 
+/// Free-threaded builds: no GIL to guard the table, so nothing is cached.
 #[cfg(Py_GIL_DISABLED)]
 pub(crate) fn lookup<'py>(_name: &Bound<'py, PyString>, _value: &Bound<'py, PyString>) -> Option<Bound<'py, PyTuple>> {
     None

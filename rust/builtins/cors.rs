@@ -56,7 +56,10 @@ impl PreflightParts {
     fn new(py: Python<'_>, fixed: Vec<(Vec<u8>, Vec<u8>)>) -> PyResult<Self> {
         let fixed = fixed
             .into_iter()
-            .map(|(name, value)| Ok((name.clone(), bytes_field(py, &name, PyBytes::new(py, &value).into_any())?.unbind())))
+            .map(|(name, value)| {
+                let field = bytes_field(py, &name, PyBytes::new(py, &value).into_any())?.unbind();
+                Ok((name, field))
+            })
             .collect::<PyResult<_>>()?;
         Ok(PreflightParts {
             fixed,
