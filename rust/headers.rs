@@ -20,6 +20,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple, PyType};
 use pyo3::{intern, IntoPyObjectExt};
 
+use crate::field_cache;
 use crate::objects::{instance_dict, own_attr};
 
 // --------------------------------------------------------------------------- names and values
@@ -386,11 +387,26 @@ fn for_each_item<'py>(
 // --------------------------------------------------------------------------- operations on the list
 
 /// The `(name, value)` tuple to store, validated.
-fn field<'py>(key: &Bound<'py, PyAny>, value: &Bound<'py, PyAny>) -> PyResult<(Bound<'py, PyBytes>, Bound<'py, PyBytes>)> {
+fn field<'py>(key: &Bound<'py, PyAny>, value: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyTuple>> {
+    let py = key.py();
     let name = Name::new(key)?;
-    let value = encode_value(value)?;
-    check_field(key.py(), &name, value.as_bytes())?;
-    Ok((name.to_bytes(key.py()), value))
+    let encoded = encode_value(value)?;
+    check_field(py, &name, encoded.as_bytes())?;
+    pair_tuple(py, name.to_bytes(py).into_any(), encoded.into_any())
+}
+
+/// `field`, reusing the tuple built last time for the same two `str` objects
+/// (see `field_cache`): an app appends the same literals over and over.
+fn cached_field<'py>(key: &Bound<'py, PyAny>, value: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyTuple>> {
+    let (Ok(key_str), Ok(value_str)) = (key.cast_exact::<PyString>(), value.cast_exact::<PyString>()) else {
+        return field(key, value);
+    };
+    if let Some(hit) = field_cache::lookup(key_str, value_str) {
+        return Ok(hit);
+    }
+    let built = field(key, value)?;
+    field_cache::store(key_str, value_str, &built);
+    Ok(built)
 }
 
 fn set_field(list: &Bound<'_, PyList>, key: &Bound<'_, PyAny>, value: &Bound<'_, PyAny>) -> PyResult<()> {
@@ -578,8 +594,7 @@ impl Headers {
             }
             let list = PyList::empty(py);
             for_each_item(headers, |k, v| {
-                let (k, v) = field(k, v)?;
-                list.append(pair_tuple(py, k.into_any(), v.into_any())?)
+                list.append(field(k, v)?)
             })?;
             list
         } else if let Some(raw) = raw {
@@ -823,8 +838,7 @@ impl MutableHeaders {
 
     /// Add a field, keeping any others of the same name.
     fn append(slf: &Bound<'_, Self>, key: &Bound<'_, PyAny>, value: &Bound<'_, PyAny>) -> PyResult<()> {
-        let (k, v) = field(key, value)?;
-        Self::list(slf).append(pair_tuple(slf.py(), k.into_any(), v.into_any())?)
+        Self::list(slf).append(cached_field(key, value)?)
     }
 
     fn add_vary_header(slf: &Bound<'_, Self>, vary: &Bound<'_, PyAny>) -> PyResult<()> {

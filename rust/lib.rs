@@ -11,6 +11,7 @@ mod chain;
 mod coro;
 mod dispatch;
 mod drive;
+mod field_cache;
 mod headers;
 mod layer;
 mod message;

@@ -114,6 +114,22 @@ async def test_cors_matches_starlette(config: dict[str, Any], method: str, heade
     await same(CORSMiddleware(app, **config), StarletteCORS(app, **config), http_scope(headers, method))
 
 
+@pytest.mark.anyio
+async def test_cors_preflight_answers_share_nothing_mutable() -> None:
+    # The fixed fields of a preflight answer are tuples built once per
+    # middleware (rust/builtins/cors.rs); each answer still gets its own list
+    # and dicts, so a server or outer middleware editing one answer leaves the
+    # next one as Starlette would send it.
+    config = {"allow_origins": ["https://a.example"], "allow_headers": ["X-Token"]}
+    ours, theirs = CORSMiddleware(endpoint([]), **config), StarletteCORS(endpoint([]), **config)
+    headers = [(b"origin", b"https://a.example"), (b"access-control-request-method", b"GET")]
+    _, first = await run(ours, http_scope(headers, "OPTIONS"))
+    first[0]["headers"].append((b"x-edited", b"1"))
+    first[0]["headers"][0] = (b"vary", b"edited")
+    first[1]["more_body"] = True
+    assert await run(ours, http_scope(headers, "OPTIONS")) == await run(theirs, http_scope(headers, "OPTIONS"))
+
+
 # --------------------------------------------------------------------------- TrustedHost
 
 HOSTS = [b"example.com", b"www.example.com", b"sub.example.com", b"EXAMPLE.com:8000", b"[::1]", b"[::1]:80",

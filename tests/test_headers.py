@@ -603,3 +603,39 @@ async def test_call_next_response_headers_with_tuple_headers_from_the_app() -> N
     sent = await _serve(BaseHTTPMiddleware(raw_app, dispatch=dispatch))
     start = next(m for m in sent if m["type"] == "http.response.start")
     assert list(start["headers"]) == [(b"content-type", b"text/plain"), (b"x-added", b"yes")]
+
+
+# --------------------------------------------------------------------------- append's field cache
+
+
+def test_append_repeats_give_the_same_fields_as_starlette() -> None:
+    # `append` reuses the field it built for the same two str objects
+    # (rust/field_cache.rs). Many distinct pairs, more than the cache holds,
+    # each appended twice, interleaved so that entries are evicted and rebuilt;
+    # plus values the cache never keeps (long ones) and str subclasses.
+    class Text(str):
+        pass
+
+    names = [f"X-Name-{i}" for i in range(150)] + ["Set-Cookie", Text("X-Sub")]
+    values = [f"v{i}" for i in range(150)] + ["c" * 300, Text("sub")]
+    ours, theirs = MutableHeaders(raw=[]), sd.MutableHeaders(raw=[])
+    for _ in range(2):
+        for name, value in zip(names, values):
+            ours.append(name, value)
+            theirs.append(name, value)
+        for name, value in zip(reversed(names), values):
+            ours.append(name, value)
+            theirs.append(name, value)
+    assert ours.raw == theirs.raw
+
+
+def test_append_refuses_a_bad_field_every_time() -> None:
+    # Only validated fields are cached: the same bad pair is refused again.
+    headers = MutableHeaders(raw=[])
+    for _ in range(3):
+        with pytest.raises(ValueError, match="invalid value"):
+            headers.append("X-A", "a\r\nb")
+        with pytest.raises(ValueError, match="invalid header name"):
+            headers.append("X A", "b")
+    headers.append("X-A", "ok")
+    assert headers.raw == [(b"x-a", b"ok")]

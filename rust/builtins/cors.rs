@@ -7,10 +7,10 @@
 
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 
-use super::{first_value, is_message, latin1, py_lower, py_strip, scope_headers, start_headers, text_response, value_bytes};
-use crate::headers::{set_raw, values_raw};
+use super::{first_value, is_message, latin1, py_lower, py_strip, scope_headers, start_headers, value_bytes};
+use crate::headers::{pair_tuple, set_raw, values_raw};
 
 const ACAO: &[u8] = b"access-control-allow-origin";
 const ACAH: &[u8] = b"access-control-allow-headers";
@@ -33,8 +33,92 @@ pub struct CorsPolicy {
     allow_headers: Vec<String>,
     /// Fields set on every response to a request with an Origin (names lowercase).
     simple: Vec<(Vec<u8>, Py<PyBytes>)>,
-    /// The preflight response's fixed fields, in order (names lowercase).
-    preflight: Vec<(Vec<u8>, Vec<u8>)>,
+    preflight: PreflightParts,
+}
+
+/// What every preflight answer is made of, built once at construction: the
+/// fixed fields, in order, as the very `(name, value)` tuples that go into each
+/// answer's header list (tuples of bytes are immutable, so sharing them can't
+/// be observed), and the content fields and body of the `200 OK` answer.
+/// A preflight answer then allocates only its list, its two message dicts and
+/// the fields that depend on the request.
+struct PreflightParts {
+    /// Names lowercase, each with its field tuple.
+    fixed: Vec<(Vec<u8>, Py<PyTuple>)>,
+    ok_length: Py<PyTuple>,
+    content_type: Py<PyTuple>,
+    ok_body: Py<PyBytes>,
+}
+
+const OK_BODY: &[u8] = b"OK";
+
+impl PreflightParts {
+    fn new(py: Python<'_>, fixed: Vec<(Vec<u8>, Vec<u8>)>) -> PyResult<Self> {
+        let fixed = fixed
+            .into_iter()
+            .map(|(name, value)| {
+                let field = bytes_field(py, &name, PyBytes::new(py, &value).into_any())?.unbind();
+                Ok((name, field))
+            })
+            .collect::<PyResult<_>>()?;
+        Ok(PreflightParts {
+            fixed,
+            ok_length: content_length(py, OK_BODY.len())?.unbind(),
+            content_type: bytes_field(py, b"content-type", PyBytes::new(py, b"text/plain; charset=utf-8").into_any())?.unbind(),
+            ok_body: PyBytes::new(py, OK_BODY).unbind(),
+        })
+    }
+
+    /// The fixed fields, ready to be edited by `put` for one answer.
+    fn fields<'py>(&self, py: Python<'py>) -> Vec<Bound<'py, PyAny>> {
+        self.fixed.iter().map(|(_, field)| field.bind(py).clone().into_any()).collect()
+    }
+
+    /// Sets `name` in `fields` (made by `fields`) as Starlette sets a key of its
+    /// dict: a fixed field keeps its place and gets the value; a new one goes last.
+    fn put<'py>(&self, fields: &mut Vec<Bound<'py, PyAny>>, name: &[u8], value: Bound<'py, PyAny>) -> PyResult<()> {
+        let field = bytes_field(value.py(), name, value)?.into_any();
+        match self.fixed.iter().position(|(n, _)| n.as_slice() == name) {
+            Some(i) => fields[i] = field,
+            None => fields.push(field),
+        }
+        Ok(())
+    }
+}
+
+/// A `(name, value)` field tuple with a new name object.
+fn bytes_field<'py>(py: Python<'py>, name: &[u8], value: Bound<'py, PyAny>) -> PyResult<Bound<'py, PyTuple>> {
+    pair_tuple(py, PyBytes::new(py, name).into_any(), value)
+}
+
+fn content_length(py: Python<'_>, len: usize) -> PyResult<Bound<'_, PyTuple>> {
+    bytes_field(py, b"content-length", PyBytes::new(py, len.to_string().as_bytes()).into_any())
+}
+
+/// A header value as an exact `bytes` object: the one given if it is one.
+fn exact_bytes<'py>(value: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyBytes>> {
+    if let Ok(bytes) = value.cast_exact::<PyBytes>() {
+        return Ok(bytes.clone());
+    }
+    Ok(PyBytes::new(value.py(), &value_bytes(value)?))
+}
+
+/// The `(start, body)` messages of a plain-text response, as Starlette's
+/// `PlainTextResponse(text, status_code, headers)` sends them.
+fn response_messages<'py>(
+    py: Python<'py>,
+    status: u16,
+    fields: Vec<Bound<'py, PyAny>>,
+    body: Bound<'py, PyBytes>,
+) -> PyResult<Bound<'py, PyTuple>> {
+    let start = PyDict::new(py);
+    start.set_item(intern!(py, "type"), intern!(py, "http.response.start"))?;
+    start.set_item(intern!(py, "status"), status)?;
+    start.set_item(intern!(py, "headers"), PyList::new(py, fields)?)?;
+    let end = PyDict::new(py);
+    end.set_item(intern!(py, "type"), intern!(py, "http.response.body"))?;
+    end.set_item(intern!(py, "body"), body)?;
+    pair_tuple(py, start.into_any(), end.into_any())
 }
 
 impl CorsPolicy {
@@ -50,68 +134,59 @@ impl CorsPolicy {
         Ok(self.origins.iter().any(|o| o.as_slice() == origin))
     }
 
+    /// Whether every header of `Access-Control-Request-Headers` is allowed.
+    fn allows_headers(&self, requested: &[u8]) -> bool {
+        let lowered = py_lower(&latin1(requested));
+        lowered.split(',').all(|h| self.allow_headers.iter().any(|a| a == py_strip(h)))
+    }
+
     /// The `(start, body)` messages answering a preflight request.
     fn preflight_response<'py>(
         &self,
         py: Python<'py>,
         list: &Bound<'py, PyList>,
-        origin: &[u8],
+        origin: &Bound<'py, PyBytes>,
+        method: &[u8],
     ) -> PyResult<Bound<'py, PyTuple>> {
-        let method = match first_value(list, b"access-control-request-method")? {
-            Some(v) => value_bytes(&v)?.into_owned(),
-            None => Vec::new(),
-        };
         let requested_headers = first_value(list, b"access-control-request-headers")?;
-        let requested_headers = match &requested_headers {
-            Some(v) => Some(value_bytes(v)?.into_owned()),
-            None => None,
-        };
         let private_network = first_value(list, b"access-control-request-private-network")?.is_some();
 
-        let mut fields: Vec<(Vec<u8>, Vec<u8>)> = self.preflight.clone();
-        // A dict in Starlette: setting a name already there replaces its value in place.
-        fn put(fields: &mut Vec<(Vec<u8>, Vec<u8>)>, name: &[u8], value: &[u8]) {
-            match fields.iter_mut().find(|(n, _)| n.as_slice() == name) {
-                Some(slot) => slot.1 = value.to_vec(),
-                None => fields.push((name.to_vec(), value.to_vec())),
-            }
-        }
+        let parts = &self.preflight;
+        let mut fields = parts.fields(py);
         let mut failures: Vec<&str> = Vec::new();
-        if self.is_allowed_origin(py, origin)? {
+        if self.is_allowed_origin(py, origin.as_bytes())? {
             if self.explicit_origin {
-                put(&mut fields, ACAO, origin);
+                parts.put(&mut fields, ACAO, origin.clone().into_any())?;
             }
         } else {
             failures.push("origin");
         }
-        if !self.methods.iter().any(|m| m.as_slice() == method.as_slice()) {
+        if !self.methods.iter().any(|m| m.as_slice() == method) {
             failures.push("method");
         }
-        match &requested_headers {
-            Some(requested) if self.allow_all_headers => put(&mut fields, ACAH, requested),
-            Some(requested) => {
-                let lowered = py_lower(&latin1(requested));
-                if lowered.split(',').any(|h| !self.allow_headers.iter().any(|a| a == py_strip(h))) {
-                    failures.push("headers");
-                }
+        if let Some(requested) = &requested_headers {
+            if self.allow_all_headers {
+                parts.put(&mut fields, ACAH, exact_bytes(requested)?.into_any())?;
+            } else if !self.allows_headers(&value_bytes(requested)?) {
+                failures.push("headers");
             }
-            None => {}
         }
         if private_network {
             if self.allow_private_network {
-                put(&mut fields, ACAPN, b"true");
+                parts.put(&mut fields, ACAPN, PyBytes::new(py, b"true").into_any())?;
             } else {
                 failures.push("private-network");
             }
         }
-        let (status, body) = if failures.is_empty() {
-            (200, b"OK".to_vec())
-        } else {
-            (400, format!("Disallowed CORS {}", failures.join(", ")).into_bytes())
-        };
-        let borrowed: Vec<(&[u8], &[u8])> = fields.iter().map(|(n, v)| (n.as_slice(), v.as_slice())).collect();
-        let (start, end) = text_response(py, status, &borrowed, &body)?;
-        PyTuple::new(py, [start, end])
+        if failures.is_empty() {
+            fields.push(parts.ok_length.bind(py).clone().into_any());
+            fields.push(parts.content_type.bind(py).clone().into_any());
+            return response_messages(py, 200, fields, parts.ok_body.bind(py).clone());
+        }
+        let body = format!("Disallowed CORS {}", failures.join(", ")).into_bytes();
+        fields.push(content_length(py, body.len())?.into_any());
+        fields.push(parts.content_type.bind(py).clone().into_any());
+        response_messages(py, 400, fields, PyBytes::new(py, &body))
     }
 }
 
@@ -133,8 +208,9 @@ impl CorsPolicy {
         allow_headers: Vec<String>,
         simple: Vec<(Vec<u8>, Py<PyBytes>)>,
         preflight: Vec<(Vec<u8>, Vec<u8>)>,
-    ) -> Self {
-        CorsPolicy {
+        py: Python<'_>,
+    ) -> PyResult<Self> {
+        Ok(CorsPolicy {
             allow_all_origins,
             allow_all_headers,
             allow_credentials,
@@ -145,8 +221,8 @@ impl CorsPolicy {
             methods,
             allow_headers,
             simple,
-            preflight,
-        }
+            preflight: PreflightParts::new(py, preflight)?,
+        })
     }
 
     /// For one HTTP request: the `(start, body)` messages if it is a preflight
@@ -159,15 +235,16 @@ impl CorsPolicy {
         let py = slf.py();
         let list = scope_headers(scope)?;
         let method = scope.get_item(intern!(py, "method"))?;
-        let origin = first_value(&list, b"origin")?;
-        let origin = match origin {
-            Some(o) => Some(PyBytes::new(py, &value_bytes(&o)?)),
+        let origin = match first_value(&list, b"origin")? {
+            Some(o) => Some(exact_bytes(&o)?),
             None => None,
         };
         if let Some(origin) = &origin {
             let is_options = method.cast::<PyString>().is_ok_and(|m| m.to_str().is_ok_and(|m| m == "OPTIONS"));
-            if is_options && first_value(&list, b"access-control-request-method")?.is_some() {
-                return Ok(slf.get().preflight_response(py, &list, origin.as_bytes())?.into_any());
+            if is_options {
+                if let Some(requested) = first_value(&list, b"access-control-request-method")? {
+                    return Ok(slf.get().preflight_response(py, &list, origin, &value_bytes(&requested)?)?.into_any());
+                }
             }
         }
         let wrapped = CorsSend { policy: slf.clone().unbind(), send: send.unbind(), origin: origin.map(Bound::unbind) };

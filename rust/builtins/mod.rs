@@ -186,28 +186,3 @@ pub(crate) fn py_strip(text: &str) -> &str {
 pub(crate) fn py_lower(text: &str) -> String {
     text.chars().flat_map(char::to_lowercase).collect()
 }
-
-/// `(start, body)` messages of a plain-text response, as Starlette's
-/// `PlainTextResponse(text, status_code, headers)` sends them: the given
-/// fields (names lowercase), then content-length and content-type.
-pub(crate) fn text_response<'py>(
-    py: Python<'py>,
-    status: u16,
-    fields: &[(&[u8], &[u8])],
-    body: &[u8],
-) -> PyResult<(Bound<'py, PyDict>, Bound<'py, PyDict>)> {
-    let headers = PyList::empty(py);
-    for (name, value) in fields {
-        headers.append((PyBytes::new(py, name), PyBytes::new(py, value)))?;
-    }
-    headers.append((PyBytes::new(py, b"content-length"), PyBytes::new(py, body.len().to_string().as_bytes())))?;
-    headers.append((PyBytes::new(py, b"content-type"), PyBytes::new(py, b"text/plain; charset=utf-8")))?;
-    let start = PyDict::new(py);
-    start.set_item(intern!(py, "type"), intern!(py, "http.response.start"))?;
-    start.set_item(intern!(py, "status"), status)?;
-    start.set_item(intern!(py, "headers"), headers)?;
-    let end = PyDict::new(py);
-    end.set_item(intern!(py, "type"), intern!(py, "http.response.body"))?;
-    end.set_item(intern!(py, "body"), PyBytes::new(py, body))?;
-    Ok((start, end))
-}
