@@ -36,7 +36,7 @@ def _header_ops_summary(terminalreporter: pytest.TerminalReporter, benchmarks: l
     write("MutableHeaders on 10 headers (best round, per operation; target >= 3x):")
     for op, times in per_op.items():
         if {"starlette", "ferroware"} <= times.keys():
-            write(f"  {op:<9} starlette {times['starlette'] * 1e9:7.0f} ns   ferroware {times['ferroware'] * 1e9:7.0f} ns"
+            write(f"  {op:<17} starlette {times['starlette'] * 1e9:7.0f} ns   ferroware {times['ferroware'] * 1e9:7.0f} ns"
                   f"   {times['starlette'] / times['ferroware']:5.1f}x")
 
 

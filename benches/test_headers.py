@@ -1,7 +1,11 @@
 """``ferroware.MutableHeaders`` against Starlette's on a response with 10 headers.
 
 For each operation (get, set an existing name, append, delete, contains), both
-implementations run in the same session and the same group. A round applies the
+implementations run in the same session and the same group. ``append`` adds a
+literal field (the same two ``str`` objects each time, as code that appends
+a constant does: ferroware reuses the field it built for them);
+``append-new-value`` adds a value that is a new ``str`` object on every call
+(a computed cookie, say), which no cache can help. A round applies the
 operation once to each of ``OPS`` header objects, each over its own fresh
 10-field list made in the round's setup (so appends and deletes always see the
 same 10 headers), and the figure is the round's time divided by ``OPS``. The
@@ -44,35 +48,41 @@ IMPLEMENTATIONS: dict[str, Any] = {
 }
 
 
-def run_get(hs: list[Any]) -> None:
+def run_get(hs: list[Any], values: list[str]) -> None:
     for h in hs:
         h.get("X-Request-Id")
 
 
-def run_set(hs: list[Any]) -> None:
+def run_set(hs: list[Any], values: list[str]) -> None:
     for h in hs:
         h["Cache-Control"] = "no-store"
 
 
-def run_append(hs: list[Any]) -> None:
+def run_append(hs: list[Any], values: list[str]) -> None:
     for h in hs:
         h.append("Set-Cookie", "theme=dark; Path=/")
 
 
-def run_delete(hs: list[Any]) -> None:
+def run_append_new_value(hs: list[Any], values: list[str]) -> None:
+    for h, value in zip(hs, values):
+        h.append("Set-Cookie", value)
+
+
+def run_delete(hs: list[Any], values: list[str]) -> None:
     for h in hs:
         del h["ETag"]
 
 
-def run_contains(hs: list[Any]) -> None:
+def run_contains(hs: list[Any], values: list[str]) -> None:
     for h in hs:
         "Strict-Transport-Security" in h  # noqa: B015
 
 
-OPERATIONS: dict[str, Callable[[list[Any]], None]] = {
+OPERATIONS: dict[str, Callable[[list[Any], list[str]], None]] = {
     "get": run_get,
     "set": run_set,
     "append": run_append,
+    "append-new-value": run_append_new_value,
     "delete": run_delete,
     "contains": run_contains,
 }
@@ -84,14 +94,17 @@ def test_header_operation(benchmark, operation: str, implementation: str) -> Non
     cls = IMPLEMENTATIONS[implementation]
     run = OPERATIONS[operation]
 
-    def fresh() -> tuple[tuple[list[Any]], dict[str, Any]]:
-        return ([cls(raw=list(RESPONSE_HEADERS)) for _ in range(OPS)],), {}
+    def fresh() -> tuple[tuple[list[Any], list[str]], dict[str, Any]]:
+        # New value strings every round (built here, outside the timing).
+        values = [f"theme=dark; n={i}; Path=/" for i in range(OPS)]
+        return ([cls(raw=list(RESPONSE_HEADERS)) for _ in range(OPS)], values), {}
 
     # Both implementations end with the same fields.
-    ours, theirs = fresh()[0][0][0], fresh()[0][0][0]
-    run([ours])
-    run([theirs])
-    assert list(ours.raw) == list(theirs.raw)
+    (ours, values), _ = fresh()
+    (theirs, _), _ = fresh()
+    run(ours[:1], values)
+    run(theirs[:1], values)
+    assert list(ours[0].raw) == list(theirs[0].raw)
 
     benchmark.group = f"headers: {operation}"
     benchmark.extra_info.update(headers_impl=implementation, headers_op=operation, ops=OPS)
