@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import subprocess
+import sys
 from typing import Any
 
 import fastapi
@@ -270,3 +272,20 @@ def test_accelerated_layers_are_linked_like_ferroware_layers() -> None:
     ]
     assert ferroware.base.dispatcher_for(outer).inner is ferroware.base.dispatcher_for(middle)
     assert ferroware.base.dispatcher_for(middle).inner is ferroware.base.dispatcher_for(inner)
+
+
+def run_python(code: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+
+
+def test_importing_ferroware_does_not_import_fastapi() -> None:
+    """FastAPI is an optional extra and slow to import: only ``ferroware.FastAPI`` brings it in."""
+    done = run_python("import sys, ferroware; print('fastapi' in sys.modules); ferroware.FastAPI; print('fastapi' in sys.modules)")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "True"]
+
+
+def test_fastapi_missing_is_named() -> None:
+    done = run_python("import sys; sys.modules['fastapi'] = None\nimport ferroware\nferroware.FastAPI")
+    assert done.returncode == 1
+    assert "ferroware.FastAPI needs FastAPI: pip install 'ferroware[fastapi]'" in done.stderr

@@ -16,7 +16,7 @@ from ferroware.datastructures import Headers, MutableHeaders
 from ferroware.install import install, is_patched, patch, timings, uninstall, unpatch
 
 if TYPE_CHECKING:
-    from ferroware.applications import FastAPI
+    from ferroware._fastapi import FastAPI
 
 __all__ = [
     "BaseHTTPMiddleware",
@@ -37,10 +37,11 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     # FastAPI is an optional extra: import it only when asked for.
     if name == "FastAPI":
-        from ferroware import applications
-
         try:
-            return applications.FastAPI
-        except AttributeError:
+            from ferroware._fastapi import FastAPI
+        except ImportError as exc:
+            if exc.name != "fastapi":
+                raise
             raise ImportError("ferroware.FastAPI needs FastAPI: pip install 'ferroware[fastapi]'") from None
+        return FastAPI
     raise AttributeError(f"module 'ferroware' has no attribute {name!r}")

@@ -1,6 +1,7 @@
 """``Starlette`` and ``FastAPI`` whose user middleware stack is composed in Rust.
 
-Drop-in subclasses: change the import, keep the app. Stock ``BaseHTTPMiddleware``
+Drop-in subclasses: change the import, keep the app. (``FastAPI`` lives in
+``ferroware._fastapi``, imported on first use.) Stock ``BaseHTTPMiddleware``
 layers are moved onto the compiled dispatcher, and ``@app.middleware("http")``
 (gone from Starlette since 1.0, kept by FastAPI) registers ferroware's class.
 Everything else, including where the user stack sits among the framework's own
@@ -10,7 +11,7 @@ layers, is the framework's unchanged ``build_middleware_stack``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import starlette.applications
 from starlette.types import ASGIApp
@@ -18,7 +19,10 @@ from starlette.types import ASGIApp
 from ferroware._stack import build_with_compiled_user_stack
 from ferroware.base import BaseHTTPMiddleware, DispatchFunction
 
-__all__ = ["Starlette"]
+if TYPE_CHECKING:
+    from ferroware._fastapi import FastAPI
+
+__all__ = ["FastAPI", "Starlette"]
 
 Dispatch = TypeVar("Dispatch", bound=DispatchFunction)
 
@@ -49,19 +53,11 @@ class Starlette(starlette.applications.Starlette):
         return _http_middleware(self, middleware_type)
 
 
-try:
-    import fastapi
-except ImportError:  # pragma: no cover - FastAPI is an optional extra
-    pass
-else:
-    __all__ += ["FastAPI"]
+def __getattr__(name: str) -> Any:
+    # FastAPI is an optional extra, and importing it takes longer than all of
+    # ferroware: its subclass is made on first use, not at import.
+    if name == "FastAPI":
+        from ferroware._fastapi import FastAPI
 
-    class FastAPI(fastapi.FastAPI):
-        """``fastapi.FastAPI`` with ferroware's middleware stack."""
-
-        def build_middleware_stack(self) -> ASGIApp:
-            return build_with_compiled_user_stack(self, super().build_middleware_stack)
-
-        def middleware(self, middleware_type: str) -> Callable[[Dispatch], Dispatch]:
-            """Register the decorated ``dispatch(request, call_next)`` as the outermost user layer."""
-            return _http_middleware(self, middleware_type)
+        return FastAPI
+    raise AttributeError(f"module 'ferroware.applications' has no attribute {name!r}")
