@@ -10,6 +10,7 @@ use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyTuple, PyType};
 use pyo3::{intern, IntoPyObjectExt};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// What a resumed coroutine did.
 pub enum Step {
@@ -90,7 +91,7 @@ pub fn exception_from_throw_args(
 }
 
 /// The Python awaitable protocol (`__await__`, `__iter__`, `__next__`, `send`,
-/// `throw`) for a pyclass with a method `step(&mut self, py, Input) ->
+/// `throw`) for a frozen pyclass with a method `step(&self, py, Input) ->
 /// PyResult<Option<Py<PyAny>>>` (Some: yield it; None: done, returning None),
 /// plus the extra methods given. One `#[pymethods]` block per class, as PyO3
 /// wants it.
@@ -107,11 +108,11 @@ macro_rules! awaitable_pymethods {
                 slf
             }
 
-            fn __next__(&mut self, py: pyo3::Python<'_>) -> pyo3::PyResult<Option<pyo3::Py<pyo3::PyAny>>> {
+            fn __next__(&self, py: pyo3::Python<'_>) -> pyo3::PyResult<Option<pyo3::Py<pyo3::PyAny>>> {
                 self.step(py, $crate::coro::Input::none(py))
             }
 
-            fn send(&mut self, py: pyo3::Python<'_>, value: pyo3::Py<pyo3::PyAny>) -> pyo3::PyResult<pyo3::Py<pyo3::PyAny>> {
+            fn send(&self, py: pyo3::Python<'_>, value: pyo3::Py<pyo3::PyAny>) -> pyo3::PyResult<pyo3::Py<pyo3::PyAny>> {
                 match self.step(py, $crate::coro::Input::Send(value))? {
                     Some(value) => Ok(value),
                     None => Err($crate::coro::stop_iteration(py, py.None())),
@@ -120,7 +121,7 @@ macro_rules! awaitable_pymethods {
 
             #[pyo3(signature = (typ, val=None, tb=None))]
             fn throw(
-                &mut self,
+                &self,
                 py: pyo3::Python<'_>,
                 typ: &pyo3::Bound<'_, pyo3::PyAny>,
                 val: Option<&pyo3::Bound<'_, pyo3::PyAny>>,
@@ -149,18 +150,19 @@ pub fn stop_iteration(py: Python<'_>, value: Py<PyAny>) -> PyErr {
 
 /// An awaitable that suspends once (yielding None, which asyncio takes as
 /// "run me again soon") and then returns: asyncio's cheapest checkpoint.
-#[pyclass(module = "ferroware._core")]
+/// Frozen, its flag a relaxed atomic (a plain load or store), as `Pause`'s.
+#[pyclass(module = "ferroware._core", frozen)]
 pub struct YieldOnce {
-    yielded: bool,
+    yielded: AtomicBool,
 }
 
 impl YieldOnce {
-    fn step(&mut self, py: Python<'_>, input: Input) -> PyResult<Option<Py<PyAny>>> {
+    fn step(&self, py: Python<'_>, input: Input) -> PyResult<Option<Py<PyAny>>> {
         match input {
             Input::Throw(err) => Err(err),
-            Input::Send(_) if self.yielded => Ok(None),
+            Input::Send(_) if self.yielded.load(Ordering::Relaxed) => Ok(None),
             Input::Send(_) => {
-                self.yielded = true;
+                self.yielded.store(true, Ordering::Relaxed);
                 Ok(Some(py.None()))
             }
         }
@@ -170,13 +172,13 @@ impl YieldOnce {
 crate::awaitable_pymethods!(YieldOnce {
     #[new]
     fn new() -> Self {
-        YieldOnce { yielded: false }
+        YieldOnce { yielded: AtomicBool::new(false) }
     }
 });
 
 /// An awaitable that is already done: `await Ready()` is None with no
 /// suspension (for `aclose()` on the body iterator, which has nothing to wait for).
-#[pyclass(module = "ferroware._core", freelist = 64)]
+#[pyclass(module = "ferroware._core", frozen, freelist = 64)]
 pub struct Ready;
 
 impl Ready {
@@ -184,7 +186,7 @@ impl Ready {
         Ready.into_py_any(py)
     }
 
-    fn step(&mut self, _py: Python<'_>, input: Input) -> PyResult<Option<Py<PyAny>>> {
+    fn step(&self, _py: Python<'_>, input: Input) -> PyResult<Option<Py<PyAny>>> {
         match input {
             Input::Send(_) => Ok(None),
             Input::Throw(err) => Err(err),

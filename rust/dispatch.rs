@@ -21,6 +21,7 @@ use pyo3::{ffi, intern, IntoPyObjectExt};
 
 use crate::coro::{exception_from_throw_args, Ready};
 use crate::drive::{Drive, Goal};
+use crate::gil_cell::{GilCell, Ref, RefMut};
 use crate::layer::RunLayer;
 use crate::message::Message;
 use crate::objects::shape;
@@ -179,14 +180,24 @@ impl Dispatcher {
     }
 }
 
-#[pyclass(module = "ferroware._core")]
+/// Frozen, its mutable part in a `GilCell`: a mutable pyclass would pay
+/// PyO3's atomic borrow flag (locked instructions) on each of the dozens of
+/// borrows a request makes per layer.
+#[pyclass(module = "ferroware._core", frozen)]
 pub struct Channel {
     pub(crate) dispatcher: Py<Dispatcher>,
     pub(crate) scope: Py<PyAny>,
-    /// The `receive` the downstream app gets.
-    pub(crate) receive: Py<PyAny>,
     /// The middleware's own (outer) `send`.
     pub(crate) send: Py<PyAny>,
+    /// Timings on: how long the downstream app has been stepped is counted.
+    pub(crate) timed: bool,
+    inner: GilCell<ChannelInner>,
+}
+
+/// The mutable part of a `Channel`.
+pub struct ChannelInner {
+    /// The `receive` the downstream app gets.
+    pub(crate) receive: Py<PyAny>,
     pub(crate) coro: Option<Py<PyAny>>,
     /// True while a driver is inside `coro.send/throw`: a `send` made now comes
     /// from the coroutine being stepped, in our task.
@@ -201,7 +212,6 @@ pub struct Channel {
     /// The Python meeting point for sends from other tasks, once there is one.
     handoff: Option<Py<PyAny>>,
     /// Timings on: how long the downstream app has been stepped, in total.
-    pub(crate) timed: bool,
     pub(crate) app_nanos: u64,
     /// The asyncio future the app waits on, while our task waits on its proxy.
     pub(crate) waiting: Option<Waiting>,
@@ -300,35 +310,62 @@ impl Channel {
         Channel {
             dispatcher: dispatcher.clone().unbind(),
             scope,
-            receive,
             send,
-            coro: None,
-            stepping: false,
-            outbox: None,
-            state: State::Idle,
-            info: None,
-            error: None,
-            pause: None,
-            handoff: None,
             timed: dispatcher.get().timing.is_some(),
-            app_nanos: 0,
-            waiting: None,
-            tracker: None,
-            tracking: false,
-            app_scope: None,
+            inner: GilCell::new(ChannelInner {
+                receive,
+                coro: None,
+                stepping: false,
+                outbox: None,
+                state: State::Idle,
+                info: None,
+                error: None,
+                pause: None,
+                handoff: None,
+                app_nanos: 0,
+                waiting: None,
+                tracker: None,
+                tracking: false,
+                app_scope: None,
+            }),
         }
     }
+
+    /// The mutable part, borrowed. Never held across a call into Python code
+    /// that could reach this channel (see `gil_cell`).
+    #[track_caller]
+    pub fn inner<'a>(&'a self, py: Python<'_>) -> Ref<'a, ChannelInner> {
+        self.inner.borrow(py)
+    }
+
+    #[track_caller]
+    pub fn inner_mut<'a>(&'a self, py: Python<'_>) -> RefMut<'a, ChannelInner> {
+        self.inner.borrow_mut(py)
+    }
+
+    /// A shared borrow, or None if the channel is being changed right now.
+    pub fn try_inner<'a>(&'a self, py: Python<'_>) -> Option<Ref<'a, ChannelInner>> {
+        self.inner.try_borrow(py)
+    }
+}
+
+impl ChannelInner {
 
     /// Drops what ties the channel to the request once the layer is done: the
     /// app's `receive` is a method of the request, which points back here.
     /// Without this, every request would leave a cycle for the garbage collector.
-    pub fn release(&mut self, py: Python<'_>) {
-        self.receive = py.None();
-        self.outbox = None;
-        self.handoff = None;
-        self.waiting = None;
-        self.tracker = None;
-        self.app_scope = None;
+    /// What it held is returned, to be dropped once the channel is no longer
+    /// borrowed (dropping an object can run Python code).
+    #[must_use]
+    pub fn release(&mut self, py: Python<'_>) -> impl Sized {
+        (
+            std::mem::replace(&mut self.receive, py.None()),
+            self.outbox.take(),
+            self.handoff.take(),
+            self.waiting.take(),
+            self.tracker.take(),
+            self.app_scope.take(),
+        )
     }
 
     pub fn handoff_ref(&self, py: Python<'_>) -> Option<Py<PyAny>> {
@@ -338,13 +375,15 @@ impl Channel {
     pub fn is_response_sent(&self) -> bool {
         matches!(self.state, State::Draining | State::Done)
     }
+}
 
+impl Channel {
     /// The middleware's response went out (or failed): the app's later sends
     /// are discarded, its `receive` reports a disconnect, and a task parked on
     /// a send is released.
     pub fn mark_sent(slf: &Bound<'_, Self>) -> PyResult<()> {
         let handoff = {
-            let mut this = slf.borrow_mut();
+            let mut this = slf.get().inner_mut(slf.py());
             if this.state != State::Done {
                 this.state = State::Draining;
             }
@@ -360,7 +399,8 @@ impl Channel {
     /// else the Python hook's awaitable.
     pub fn send_message(slf: &Bound<'_, Self>, message: Message) -> PyResult<Sent> {
         let py = slf.py();
-        let mut this = slf.borrow_mut();
+        let channel = slf.get();
+        let mut this = channel.inner_mut(py);
         if this.stepping && !this.is_response_sent() {
             this.outbox = Some(message);
             let pause = match &this.pause {
@@ -378,8 +418,8 @@ impl Channel {
         }
         // From another task, or after the response went out (then the Python
         // side discards it, with a checkpoint so a sending loop stays cancellable).
-        let hook = this.dispatcher.get().hooks.get().foreign_send.clone_ref(py);
         drop(this);
+        let hook = channel.dispatcher.get().hooks.get().foreign_send.clone_ref(py);
         Ok(Sent::Other(hook.call1(py, (slf, message.into_asgi(py)?))?))
     }
 
@@ -387,18 +427,17 @@ impl Channel {
     /// into the inner layer when the app is one.
     pub fn start_app(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
-        let (dispatcher, scope, receive) = {
-            let this = slf.borrow();
-            (this.dispatcher.clone_ref(py), this.scope.clone_ref(py), this.receive.clone_ref(py))
-        };
-        let dispatcher = dispatcher.bind(py).get();
+        let channel = slf.get();
+        let receive = channel.inner(py).receive.clone_ref(py);
+        let scope = channel.scope.clone_ref(py);
+        let dispatcher = channel.dispatcher.get();
         let coro = match &dispatcher.inner {
             Some(inner) if is_http(scope.bind(py))? => {
                 RunLayer::new(inner.bind(py), scope, receive, slf.clone().into_any().unbind()).into_py_any(py)?
             }
             _ => dispatcher.app.bind(py).call1((scope, receive, slf))?.unbind(),
         };
-        slf.borrow_mut().coro = Some(coro);
+        channel.inner_mut(py).coro = Some(coro);
         Ok(())
     }
 }
@@ -424,7 +463,7 @@ impl Channel {
     #[pyo3(signature = (request=None))]
     fn call_next(slf: &Bound<'_, Self>, request: Option<&Bound<'_, PyAny>>) -> PyResult<Drive> {
         let _ = request;
-        let mut this = slf.borrow_mut();
+        let mut this = slf.get().inner_mut(slf.py());
         if this.state != State::Idle {
             return Err(PyRuntimeError::new_err(
                 "call_next() was already called for this request; a middleware can call it once",
@@ -455,38 +494,41 @@ impl Channel {
     /// Stops the body iteration early, as `aclose()` on Starlette's body
     /// generator does. The app is not touched: it stays in its `send` until the
     /// middleware's response went out, then runs on with its sends discarded.
-    fn aclose(&mut self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        if self.state == State::Started {
-            self.state = State::BodyDone;
+    fn aclose(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        let mut this = self.inner_mut(py);
+        if this.state == State::Started {
+            this.state = State::BodyDone;
         }
+        drop(this);
         Ready::none(py)
     }
 
     /// True once the middleware's response went out or the app can no longer send.
     #[getter]
-    fn response_sent(&self) -> bool {
-        self.is_response_sent()
+    fn response_sent(&self, py: Python<'_>) -> bool {
+        self.inner(py).is_response_sent()
     }
 
     /// True while the channel is stepping the app in the current task.
     #[getter]
-    fn stepping(&self) -> bool {
-        self.stepping
+    fn stepping(&self, py: Python<'_>) -> bool {
+        self.inner(py).stepping
     }
 
     #[getter]
     fn handoff(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.handoff.as_ref().map(|h| h.clone_ref(py))
+        self.inner(py).handoff_ref(py)
     }
 
     #[setter]
-    fn set_handoff(&mut self, handoff: Py<PyAny>) {
-        self.handoff = Some(handoff);
+    fn set_handoff(&self, py: Python<'_>, handoff: Py<PyAny>) {
+        self.inner_mut(py).handoff = Some(handoff);
     }
 
     /// Wakes our task if it waits on a proxy for the app's future; True if it did.
     fn wake(&self, py: Python<'_>) -> PyResult<bool> {
-        let Some(proxy) = self.waiting.as_ref().and_then(|w| w.proxy.as_ref()) else { return Ok(false) };
+        let proxy = self.inner(py).waiting.as_ref().and_then(|w| w.proxy.as_ref()).map(|p| p.clone_ref(py));
+        let Some(proxy) = proxy else { return Ok(false) };
         let proxy = proxy.bind(py);
         if !proxy.call_method0(intern!(py, "done"))?.is_truthy()? {
             proxy.call_method1(intern!(py, "set_result"), (py.None(),))?;
@@ -494,8 +536,9 @@ impl Channel {
         Ok(true)
     }
 
-    fn __repr__(&self) -> String {
-        format!("<ferroware Channel state={:?}>", self.state)
+    fn __repr__(&self, py: Python<'_>) -> String {
+        let state = self.try_inner(py).map(|this| format!("{:?}", this.state));
+        format!("<ferroware Channel state={}>", state.as_deref().unwrap_or("(busy)"))
     }
 }
 

@@ -14,6 +14,7 @@ use pyo3::{ffi, intern};
 
 use crate::coro::{resume, stop_iteration, Input, Step};
 use crate::dispatch::{Channel, Hooks, ScopeTracker, State, Waiting};
+use crate::gil_cell::GilCell;
 use crate::message::{Kind, Message};
 use crate::objects::instantiate;
 
@@ -89,16 +90,14 @@ impl DriveCore {
     fn enter_app_scope(&mut self, channel: &Bound<'_, Channel>) -> PyResult<()> {
         let py = channel.py();
         if self.goal == Goal::Start {
-            let tracker = match channel.borrow().tracker.as_ref().map(|t| t.clone_ref(py)) {
+            let known = channel.get().inner(py).tracker.as_ref().map(|t| t.clone_ref(py));
+            let tracker = match known {
                 Some(tracker) => Some(tracker),
-                None => {
-                    let this = channel.borrow();
-                    ScopeTracker::lookup(py, this.dispatcher.get().hooks.get())?
-                }
+                None => ScopeTracker::lookup(py, channel.get().dispatcher.get().hooks.get())?,
             };
             let Some(tracker) = tracker else { return Ok(()) };
             let outer = tracker.borrow_mut(py).current(py)?;
-            let mut this = channel.borrow_mut();
+            let mut this = channel.get().inner_mut(py);
             this.tracker = Some(tracker);
             // Tracked even when dispatch runs in no scope at all: a scope the app
             // is left suspended in must not catch the layer's own awaits either
@@ -107,14 +106,14 @@ impl DriveCore {
             self.outer = Some(outer.unbind());
             return Ok(());
         }
-        let this = channel.borrow();
+        let this = channel.get().inner(py);
         if !this.tracking {
             return Ok(());
         }
         let Some(tracker) = this.tracker.as_ref().map(|t| t.clone_ref(py)) else { return Ok(()) };
         drop(this);
         let outer = tracker.borrow_mut(py).current(py)?;
-        let app_scope = channel.borrow_mut().app_scope.take();
+        let app_scope = channel.get().inner_mut(py).app_scope.take();
         if let Some(app_scope) = app_scope {
             tracker.borrow(py).moves(py, &outer, app_scope.bind(py))?;
         }
@@ -125,7 +124,7 @@ impl DriveCore {
     fn leave_app_scope(&mut self, channel: &Bound<'_, Channel>) -> PyResult<()> {
         let py = channel.py();
         let Some(outer) = self.outer.take() else { return Ok(()) };
-        let Some(tracker) = channel.borrow().tracker.as_ref().map(|t| t.clone_ref(py)) else { return Ok(()) };
+        let Some(tracker) = channel.get().inner(py).tracker.as_ref().map(|t| t.clone_ref(py)) else { return Ok(()) };
         let now = tracker.borrow_mut(py).current(py)?;
         if !now.is(&outer) {
             // Back to where the caller was. If the app is still suspended, it
@@ -133,8 +132,9 @@ impl DriveCore {
             // it ended, leaving its last scope may have pointed the task at a
             // scope that was current when the app entered it, not now.)
             tracker.borrow(py).moves(py, &now, outer.bind(py))?;
-            if channel.borrow().coro.is_some() {
-                channel.borrow_mut().app_scope = Some(now.unbind());
+            let mut this = channel.get().inner_mut(py);
+            if this.coro.is_some() {
+                this.app_scope = Some(now.unbind());
             }
         }
         Ok(())
@@ -166,13 +166,18 @@ impl DriveCore {
                     }
                 }
             }
-            let coro = match channel.borrow().coro.as_ref() {
-                Some(coro) => coro.clone_ref(py),
-                None => return self.app_finished(channel),
+            let (coro, waiting) = {
+                let mut this = channel.get().inner_mut(py);
+                match this.coro.as_ref() {
+                    Some(coro) => (coro.clone_ref(py), this.waiting.take()),
+                    None => {
+                        drop(this);
+                        return self.app_finished(channel);
+                    }
+                }
             };
             // The app waits on an asyncio future (we wait on its proxy): resume it
             // only once that future is done; meanwhile take sends from other tasks.
-            let waiting = channel.borrow_mut().waiting.take();
             if let Some(waiting) = waiting {
                 match self.while_waiting(channel, waiting, input) {
                     Ok(Wait::ResumeApp(next)) => input = next,
@@ -185,24 +190,26 @@ impl DriveCore {
                     Err(err) => return Outcome::Raise(err),
                 }
             }
-            let timed = {
-                let mut this = channel.borrow_mut();
-                this.stepping = true;
-                this.timed
-            };
-            let started = timed.then(crate::timing::clock::now);
+            channel.get().inner_mut(py).stepping = true;
+            let started = channel.get().timed.then(crate::timing::clock::now);
             let stepped = crate::layer::resume_app(py, coro.bind(py), input);
-            {
-                let mut this = channel.borrow_mut();
+            // Done stepping; a direct send (our pause yielded) left its message.
+            let message = {
+                let mut this = channel.get().inner_mut(py);
                 this.stepping = false;
                 if let Some(started) = started {
                     this.app_nanos += started.elapsed_nanos();
                 }
-            }
+                match &stepped {
+                    Ok(Step::Yield(value)) if this.pause.as_ref().is_some_and(|pause| value.is(pause)) => {
+                        Some(this.outbox.take())
+                    }
+                    _ => None,
+                }
+            };
             match stepped {
-                Ok(Step::Yield(value)) if is_pause_of(channel, &value) => {
-                    let message = channel.borrow_mut().outbox.take();
-                    let next = match message {
+                Ok(Step::Yield(_)) if message.is_some() => {
+                    let next = match message.flatten() {
                         Some(message) => self.on_message(channel, message),
                         None => Err(PyRuntimeError::new_err("ferroware: a pause without a message")),
                     };
@@ -227,18 +234,18 @@ impl DriveCore {
                         if let Err(err) = value.bind(py).setattr(intern!(py, "_asyncio_future_blocking"), false) {
                             return Outcome::Raise(err);
                         }
-                        channel.borrow_mut().waiting = Some(Waiting { future: value, proxy: None });
+                        channel.get().inner_mut(py).waiting = Some(Waiting { future: value, proxy: None });
                         input = Input::none(py);
                         continue;
                     }
                     return Outcome::Yield(value);
                 }
                 Ok(Step::Return(_)) => {
-                    channel.borrow_mut().coro = None;
+                    channel.get().inner_mut(py).coro = None;
                     return self.app_finished(channel);
                 }
                 Err(err) => {
-                    channel.borrow_mut().coro = None;
+                    channel.get().inner_mut(py).coro = None;
                     return self.app_failed(channel, err);
                 }
             }
@@ -266,11 +273,11 @@ impl DriveCore {
                 let keep = Waiting { future: waiting.future.clone_ref(py), proxy: None };
                 match self.on_message(channel, Message::Asgi(message.unbind())) {
                     Ok(Next::Settle(outcome)) => {
-                        channel.borrow_mut().waiting = Some(keep);
+                        channel.get().inner_mut(py).waiting = Some(keep);
                         return Ok(Wait::Again(outcome));
                     }
                     Ok(Next::Await(awaitable)) => {
-                        channel.borrow_mut().waiting = Some(keep);
+                        channel.get().inner_mut(py).waiting = Some(keep);
                         return Ok(Wait::Await(crate::layer::awaitable_iter(awaitable.bind(py))?));
                     }
                     Ok(Next::Resume(_)) => release_held(channel, None)?,
@@ -278,9 +285,9 @@ impl DriveCore {
                 }
                 return self.while_waiting(channel, keep, Input::none(py));
             }
-            let make_proxy = channel.borrow().dispatcher.get().hooks.get().make_proxy.clone_ref(py);
+            let make_proxy = channel.get().dispatcher.get().hooks.get().make_proxy.clone_ref(py);
             let proxy = make_proxy.call1(py, (future,))?;
-            channel.borrow_mut().waiting = Some(Waiting { future: waiting.future.clone_ref(py), proxy: Some(proxy.clone_ref(py)) });
+            channel.get().inner_mut(py).waiting = Some(Waiting { future: waiting.future.clone_ref(py), proxy: Some(proxy.clone_ref(py)) });
             return Ok(Wait::Again(Outcome::Yield(proxy)));
         }
         // After the response: no more hand-offs, wait on the app's own future.
@@ -294,17 +301,17 @@ impl DriveCore {
         match self.goal {
             Goal::Start => {
                 if let Err(err) = Channel::start_app(channel) {
-                    channel.borrow_mut().state = State::Done;
+                    channel.get().inner_mut(py).state = State::Done;
                     return Err(err);
                 }
                 Ok(None)
             }
-            Goal::Body => Ok(match channel.borrow().state {
+            Goal::Body => Ok(match channel.get().inner(py).state {
                 State::Started => None,
                 _ => Some(Next::Settle(Outcome::End)),
             }),
             Goal::Finish | Goal::Abort => {
-                let mut this = channel.borrow_mut();
+                let mut this = channel.get().inner_mut(py);
                 if this.coro.is_none() {
                     this.state = State::Done;
                     let error = if self.goal == Goal::Finish { this.error.take() } else { None };
@@ -330,23 +337,23 @@ impl DriveCore {
         match self.goal {
             Goal::Start => match kind {
                 Kind::Start { status, headers } => {
-                    let (info, dispatcher) = {
-                        let mut this = channel.borrow_mut();
+                    let info = {
+                        let mut this = channel.get().inner_mut(py);
                         this.state = State::Started;
-                        let info = this.info.take().unwrap_or_else(|| py.None());
-                        (info, this.dispatcher.clone_ref(py))
+                        this.info.take().unwrap_or_else(|| py.None())
                     };
-                    Ok(Next::Settle(match make_response(dispatcher.get().hooks.get(), channel, &status, &headers, info) {
+                    let hooks = channel.get().dispatcher.get().hooks.get();
+                    Ok(Next::Settle(match make_response(hooks, channel, &status, &headers, info) {
                         Ok(response) => Outcome::Return(response),
                         Err(err) => Outcome::Raise(err),
                     }))
                 }
                 Kind::Debug { info } => {
-                    channel.borrow_mut().info = Some(info.unbind());
+                    channel.get().inner_mut(py).info = Some(info.unbind());
                     Ok(Next::Resume(Input::none(py)))
                 }
                 Kind::EarlyHint(message) => {
-                    let send = channel.borrow().send.clone_ref(py);
+                    let send = channel.get().send.clone_ref(py);
                     Ok(Next::Await(send.call1(py, (message,))?))
                 }
                 Kind::Body { .. } => Err(PyRuntimeError::new_err(
@@ -362,7 +369,7 @@ impl DriveCore {
             Goal::Body => match kind {
                 Kind::Body { chunk, more } => {
                     if !more {
-                        channel.borrow_mut().state = State::BodyDone;
+                        channel.get().inner_mut(py).state = State::BodyDone;
                     }
                     Ok(match chunk {
                         Some(chunk) => Next::Settle(Outcome::Return(chunk.unbind())),
@@ -371,7 +378,7 @@ impl DriveCore {
                     })
                 }
                 Kind::PathSend(message) => {
-                    channel.borrow_mut().state = State::BodyDone;
+                    channel.get().inner_mut(py).state = State::BodyDone;
                     Ok(Next::Settle(Outcome::Return(message.unbind())))
                 }
                 Kind::Start { .. } => Err(PyRuntimeError::new_err(
@@ -395,7 +402,7 @@ impl DriveCore {
     /// The app returned.
     fn app_finished(&self, channel: &Bound<'_, Channel>) -> Outcome {
         let py = channel.py();
-        let mut this = channel.borrow_mut();
+        let mut this = channel.get().inner_mut(py);
         this.state = State::Done;
         match self.goal {
             Goal::Start => Outcome::Raise(PyRuntimeError::new_err("No response returned.")),
@@ -412,19 +419,21 @@ impl DriveCore {
     /// The app raised `err`.
     fn app_failed(&self, channel: &Bound<'_, Channel>, err: PyErr) -> Outcome {
         let py = channel.py();
-        let mut this = channel.borrow_mut();
+        let mut this = channel.get().inner_mut(py);
         this.state = State::Done;
+        if self.goal == Goal::Body {
+            // After the start the body is cut short; the error is raised
+            // once the middleware's response is done (by `finish`).
+            this.error = Some(err);
+            return Outcome::End;
+        }
+        // Not borrowed while Python code runs (chaining imports anyio).
+        drop(this);
         match self.goal {
             Goal::Start => match chain_like_starlette(py, err) {
                 Ok(err) | Err(err) => Outcome::Raise(err),
             },
-            Goal::Finish => Outcome::Raise(err),
-            Goal::Body => {
-                // After the start the body is cut short; the error is raised
-                // once the middleware's response is done (by `finish`).
-                this.error = Some(err);
-                Outcome::End
-            }
+            Goal::Finish | Goal::Body => Outcome::Raise(err),
             Goal::Abort if err.is_instance_of::<PyGeneratorExit>(py) => Outcome::Return(py.None()),
             Goal::Abort => Outcome::Raise(err),
         }
@@ -437,7 +446,7 @@ impl DriveCore {
             sub.bind(py).call_method0(intern!(py, "close"))?;
         }
         let coro = {
-            let mut this = channel.borrow_mut();
+            let mut this = channel.get().inner_mut(py);
             this.state = State::Done;
             this.coro.take()
         };
@@ -469,7 +478,7 @@ fn is_asyncio_future(value: &Bound<'_, PyAny>) -> bool {
 /// stays held (waiting) until `release_held`, as a direct sender stays in `send`.
 fn take_parked<'py>(channel: &Bound<'py, Channel>) -> PyResult<Option<Bound<'py, PyAny>>> {
     let py = channel.py();
-    let Some(handoff) = channel.borrow().handoff_ref(py) else { return Ok(None) };
+    let Some(handoff) = channel.get().inner(py).handoff_ref(py) else { return Ok(None) };
     let message = handoff.bind(py).call_method0(intern!(py, "take"))?;
     Ok((!message.is_none()).then_some(message))
 }
@@ -477,15 +486,10 @@ fn take_parked<'py>(channel: &Bound<'py, Channel>) -> PyResult<Option<Bound<'py,
 /// Lets the held sender (if any) go on, with `error` raised in it if given.
 fn release_held(channel: &Bound<'_, Channel>, error: Option<PyErr>) -> PyResult<()> {
     let py = channel.py();
-    let Some(handoff) = channel.borrow().handoff_ref(py) else { return Ok(()) };
+    let Some(handoff) = channel.get().inner(py).handoff_ref(py) else { return Ok(()) };
     let error = error.map(|e| e.into_value(py).into_any()).unwrap_or_else(|| py.None());
     handoff.bind(py).call_method1(intern!(py, "release"), (error,))?;
     Ok(())
-}
-
-/// Did the app yield its channel's pause (a direct send)?
-fn is_pause_of(channel: &Bound<'_, Channel>, value: &Py<PyAny>) -> bool {
-    channel.borrow().pause.as_ref().is_some_and(|pause| value.is(pause))
 }
 
 /// Starlette re-raises an app error in `call_next` as `raise exc from
@@ -534,38 +538,55 @@ fn make_response(
 }
 
 /// The awaitable behind `call_next` and the body iterator's `__anext__`.
-#[pyclass(module = "ferroware._core")]
+/// Frozen, its state in a `GilCell` (see `RunLayer`). The state stays borrowed
+/// while the app is stepped: stepping it again from inside is a `RuntimeError`.
+#[pyclass(module = "ferroware._core", frozen)]
 pub struct Drive {
     channel: Py<Channel>,
+    state: GilCell<DriveState>,
+}
+
+struct DriveState {
     core: DriveCore,
     done: bool,
 }
 
 impl Drive {
     pub fn new(channel: &Bound<'_, Channel>, goal: Goal) -> Self {
-        Drive { channel: channel.clone().unbind(), core: DriveCore::new(goal), done: false }
+        let state = DriveState { core: DriveCore::new(goal), done: false };
+        Drive { channel: channel.clone().unbind(), state: GilCell::new(state) }
     }
 
-    fn advance(&mut self, py: Python<'_>, input: Input) -> Outcome {
-        if self.done {
+    fn advance(&self, py: Python<'_>, input: Input) -> Outcome {
+        match self.state.try_borrow_mut(py) {
+            Ok(mut state) => self.advance_with(&mut state, py, input),
+            Err(err) => Outcome::Raise(err),
+        }
+    }
+
+    fn advance_with(&self, state: &mut DriveState, py: Python<'_>, input: Input) -> Outcome {
+        if state.done {
             return Outcome::Raise(PyRuntimeError::new_err("cannot reuse already awaited ferroware awaitable"));
         }
-        let outcome = self.core.step(self.channel.bind(py), input);
+        let outcome = state.core.step(self.channel.bind(py), input);
         if !matches!(outcome, Outcome::Yield(_)) {
-            self.done = true;
+            state.done = true;
         }
         outcome
     }
 
-    fn step(&mut self, py: Python<'_>, input: Input) -> PyResult<Option<Py<PyAny>>> {
-        if let (Input::Throw(_), false) = (&input, self.core.begun) {
+    fn step(&self, py: Python<'_>, input: Input) -> PyResult<Option<Py<PyAny>>> {
+        let mut state = self.state.try_borrow_mut(py)?;
+        if let (Input::Throw(_), false) = (&input, state.core.begun) {
             // Thrown in before the first step: nothing ran, nothing to unwind.
-            self.core.begun = true;
-            self.done = true;
+            state.core.begun = true;
+            state.done = true;
             let Input::Throw(err) = input else { unreachable!() };
             return Err(err);
         }
-        match self.advance(py, input) {
+        let outcome = self.advance_with(&mut state, py, input);
+        drop(state);
+        match outcome {
             Outcome::Yield(value) => Ok(Some(value)),
             Outcome::Return(value) if value.is_none(py) => Ok(None),
             Outcome::Return(value) => Err(stop_iteration(py, value)),
@@ -577,12 +598,13 @@ impl Drive {
 
 crate::awaitable_pymethods!(Drive {
     /// The awaiting coroutine is being closed while we run the app: close it too.
-    fn close(&mut self, py: Python<'_>) -> PyResult<()> {
-        if self.done {
+    fn close(&self, py: Python<'_>) -> PyResult<()> {
+        let mut state = self.state.try_borrow_mut(py)?;
+        if state.done {
             return Ok(());
         }
-        self.done = true;
-        self.core.close(self.channel.bind(py))
+        state.done = true;
+        state.core.close(self.channel.bind(py))
     }
 });
 
@@ -601,13 +623,12 @@ unsafe extern "C" fn drive_am_send(
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let any = unsafe { Bound::from_borrowed_ptr(py, iter) };
         let drive = any.cast::<Drive>().map_err(PyErr::from)?;
-        let mut drive = drive.try_borrow_mut()?;
         let input = if value.is_null() {
             Input::none(py)
         } else {
             Input::Send(unsafe { Bound::from_borrowed_ptr(py, value) }.unbind())
         };
-        Ok::<Outcome, PyErr>(drive.advance(py, input))
+        Ok::<Outcome, PyErr>(drive.get().advance(py, input))
     }));
     let outcome = match outcome {
         Ok(Ok(outcome)) => outcome,

@@ -21,6 +21,7 @@ use pyo3::{ffi, intern};
 use crate::coro::{self, resume, Input};
 use crate::dispatch::{Channel, Dispatcher, Pause, Sent};
 use crate::drive::{DriveCore, Goal, Outcome};
+use crate::gil_cell::GilCell;
 use crate::message::Message;
 use crate::objects::{instance_dict, instantiate, own_attr};
 
@@ -69,8 +70,29 @@ enum Sub {
     App(DriveCore),
 }
 
-#[pyclass(module = "ferroware._core")]
+/// `await dispatcher(scope, receive, send)`: the awaitable for one request
+/// through one layer. Frozen, its state in a `GilCell`: a mutable pyclass
+/// would pay PyO3's atomic borrow flag (locked instructions) on every step.
+#[pyclass(module = "ferroware._core", frozen)]
 pub struct RunLayer {
+    layer: GilCell<Layer>,
+}
+
+impl RunLayer {
+    pub fn new(dispatcher: &Bound<'_, Dispatcher>, scope: Py<PyAny>, receive: Py<PyAny>, send: Py<PyAny>) -> Self {
+        RunLayer { layer: GilCell::new(Layer::new(dispatcher, scope, receive, send)) }
+    }
+
+    /// Ok(Some(value)): yield it; Ok(None): done; Err: raised. The layer stays
+    /// borrowed while it runs (Python code included): stepping it again from
+    /// inside is a `RuntimeError`, as it was for a `&mut self` method.
+    fn step(&self, py: Python<'_>, input: Input) -> PyResult<Option<Py<PyAny>>> {
+        self.layer.try_borrow_mut(py)?.step(py, input)
+    }
+}
+
+/// The state of a `RunLayer`.
+struct Layer {
     dispatcher: Py<Dispatcher>,
     scope: Py<PyAny>,
     receive: Py<PyAny>,
@@ -93,9 +115,9 @@ pub struct RunLayer {
     step_began: Option<(clock::Tick, u64)>,
 }
 
-impl RunLayer {
-    pub fn new(dispatcher: &Bound<'_, Dispatcher>, scope: Py<PyAny>, receive: Py<PyAny>, send: Py<PyAny>) -> Self {
-        RunLayer {
+impl Layer {
+    fn new(dispatcher: &Bound<'_, Dispatcher>, scope: Py<PyAny>, receive: Py<PyAny>, send: Py<PyAny>) -> Self {
+        Layer {
             dispatcher: dispatcher.clone().unbind(),
             scope,
             receive,
@@ -133,7 +155,7 @@ impl RunLayer {
 
     /// Time stepped in the downstream app so far (timings on).
     fn app_nanos(&self, py: Python<'_>) -> u64 {
-        self.channel.as_ref().map_or(0, |c| c.borrow(py).app_nanos)
+        self.channel.as_ref().map_or(0, |c| c.get().inner(py).app_nanos)
     }
 
     /// This layer's own time, up to now.
@@ -242,7 +264,8 @@ impl RunLayer {
         self.phase = Phase::Done;
         self.sub = None;
         if let Some(channel) = &self.channel {
-            channel.borrow_mut(py).release(py);
+            let released = channel.get().inner_mut(py).release(py);
+            drop(released);
         }
     }
 
@@ -277,11 +300,11 @@ impl RunLayer {
         // How to read and move this task's cancel scope: shared with the layer
         // above when it is ours (same task); else looked up when call_next starts.
         let tracker = match self.send.bind(py).cast::<Channel>() {
-            Ok(parent) => parent.borrow().tracker.as_ref().map(|t| t.clone_ref(py)),
+            Ok(parent) => parent.get().inner(py).tracker.as_ref().map(|t| t.clone_ref(py)),
             Err(_) => None,
         };
         {
-            let mut this = channel.borrow_mut();
+            let mut this = channel.get().inner_mut(py);
             this.receive = downstream_receive.clone().unbind();
             this.tracker = tracker;
         }
@@ -537,9 +560,9 @@ impl<'py> Peek<'_, 'py> {
 
     /// What is left of the app a channel steps.
     fn app_of(&self, channel: &Py<Channel>) -> PyResult<Option<bool>> {
-        let app = match channel.bind(self.py).try_borrow() {
-            Ok(channel) => channel.coro.as_ref().map(|coro| coro.clone_ref(self.py)),
-            Err(_) => return Ok(None),
+        let app = match channel.get().try_inner(self.py) {
+            Some(channel) => channel.coro.as_ref().map(|coro| coro.clone_ref(self.py)),
+            None => return Ok(None),
         };
         match app {
             // The app never started, or has returned.
@@ -549,7 +572,7 @@ impl<'py> Peek<'_, 'py> {
     }
 
     fn layer(&self, layer: &Bound<'py, RunLayer>) -> PyResult<Option<bool>> {
-        let Ok(layer) = layer.try_borrow() else { return Ok(None) };
+        let Some(layer) = layer.get().layer.try_borrow(self.py) else { return Ok(None) };
         match layer.phase {
             // Its own response, relayed or being sent, runs its background next.
             Phase::Respond | Phase::SendHead | Phase::NextChunk | Phase::SendChunk | Phase::SendFinal => {
@@ -612,7 +635,7 @@ impl<'py> Peek<'_, 'py> {
 /// a coroutine.
 pub fn resume_app(py: Python<'_>, app: &Bound<'_, PyAny>, input: Input) -> PyResult<coro::Step> {
     match app.cast::<RunLayer>() {
-        Ok(layer) => Ok(match layer.borrow_mut().step(py, input)? {
+        Ok(layer) => Ok(match layer.get().step(py, input)? {
             Some(value) => coro::Step::Yield(value),
             None => coro::Step::Return(py.None()),
         }),
@@ -651,20 +674,24 @@ pub fn awaitable_iter(obj: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
 
 crate::awaitable_pymethods!(RunLayer {
     /// The awaiting coroutine is closed under us: close what we await, then the app.
-    fn close(&mut self, py: Python<'_>) -> PyResult<()> {
-        let sub = self.sub.take();
-        self.phase = Phase::Done;
+    fn close(&self, py: Python<'_>) -> PyResult<()> {
+        let (sub, channel) = {
+            let mut layer = self.layer.try_borrow_mut(py)?;
+            layer.phase = Phase::Done;
+            (layer.sub.take(), layer.channel.as_ref().map(|c| c.clone_ref(py)))
+        };
         if let Some(Sub::Py(iter)) = sub {
             iter.bind(py).call_method0(intern!(py, "close"))?;
         }
-        if let Some(channel) = &self.channel {
+        if let Some(channel) = channel {
             DriveCore::new(Goal::Abort).close(channel.bind(py))?;
         }
         Ok(())
     }
 
-    fn __repr__(&self) -> String {
-        format!("<ferroware layer call phase={:?}>", self.phase)
+    fn __repr__(&self, py: Python<'_>) -> String {
+        let phase = self.layer.try_borrow(py).map(|layer| format!("{:?}", layer.phase));
+        format!("<ferroware layer call phase={}>", phase.as_deref().unwrap_or("(running)"))
     }
 });
 

@@ -12,6 +12,7 @@ mod coro;
 mod dispatch;
 mod drive;
 mod field_cache;
+mod gil_cell;
 mod headers;
 mod layer;
 mod message;
