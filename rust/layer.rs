@@ -572,12 +572,21 @@ impl<'py> Peek<'_, 'py> {
     }
 
     fn layer(&self, layer: &Bound<'py, RunLayer>) -> PyResult<Option<bool>> {
-        let Some(layer) = layer.get().layer.try_borrow(self.py) else { return Ok(None) };
-        match layer.phase {
+        // What is needed, taken out first: looking at a response can run
+        // Python code (a property), which must not find this layer borrowed.
+        let (phase, response, channel) = match layer.get().layer.try_borrow(self.py) {
+            Some(layer) => (
+                layer.phase,
+                layer.response.as_ref().map(|r| r.clone_ref(self.py)),
+                layer.channel.as_ref().map(|c| c.clone_ref(self.py)),
+            ),
+            None => return Ok(None),
+        };
+        match phase {
             // Its own response, relayed or being sent, runs its background next.
             Phase::Respond | Phase::SendHead | Phase::NextChunk | Phase::SendChunk | Phase::SendFinal => {
-                let relayed = layer.phase != Phase::Respond;
-                let response = layer.response.as_ref().map(|r| self.has_background(r.bind(self.py), relayed));
+                let relayed = phase != Phase::Respond;
+                let response = response.map(|r| self.has_background(r.bind(self.py), relayed));
                 match response {
                     Some(Some(false)) => {}
                     Some(Some(true)) => return Ok(Some(true)),
@@ -589,7 +598,7 @@ impl<'py> Peek<'_, 'py> {
             // Still in `dispatch`, in its response's background, or unwinding.
             Phase::Begin | Phase::Dispatch | Phase::Background | Phase::Abort => return Ok(None),
         }
-        match &layer.channel {
+        match &channel {
             Some(channel) => self.app_of(channel),
             None => Ok(Some(false)),
         }
