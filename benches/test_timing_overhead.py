@@ -26,7 +26,7 @@ def loop() -> Iterator[asyncio.AbstractEventLoop]:
 
 @pytest.mark.parametrize("timings", [False, True], ids=["off", "on"])
 def test_layers_with_timings(benchmark, loop: asyncio.AbstractEventLoop, timings: bool) -> None:  # type: ignore[no-untyped-def]
-    app = _bench.build_app("ferroware", LAYERS, "fastapi")
+    app = _bench.build_app("header", "ferroware", LAYERS, "fastapi")
     ferroware.install(app, timings=timings)
     benchmark.group = f"live timings ({LAYERS} ferroware layers, per {REQUESTS} requests)"
     loop.run_until_complete(_bench.serve_batch(app, 20))
