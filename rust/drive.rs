@@ -228,9 +228,16 @@ impl DriveCore {
                     };
                 }
                 Ok(Step::Yield(value)) => {
-                    if matches!(self.goal, Goal::Start | Goal::Body) && is_asyncio_future(value.bind(py)) {
+                    if matches!(self.goal, Goal::Start | Goal::Body)
+                        && is_asyncio_future(value.bind(py))
+                        && !relaying_layer(py, coro.bind(py))
+                    {
                         // Wait on a proxy instead, so a send from another task can
                         // wake us while the app keeps waiting on its own future.
+                        // (Not above a ferroware layer that relays its response:
+                        // no other task can send to us then, and the future it
+                        // yields is already its own proxy, which a send from
+                        // another task into its channel wakes.)
                         if let Err(err) = value.bind(py).setattr(intern!(py, "_asyncio_future_blocking"), false) {
                             return Outcome::Raise(err);
                         }
@@ -514,6 +521,11 @@ fn chain_like_starlette(py: Python<'_>, err: PyErr) -> PyResult<PyErr> {
     exc.setattr(intern!(py, "__cause__"), cause)?;
     exc.setattr(intern!(py, "__suppress_context__"), true)?;
     Ok(err)
+}
+
+/// Whether `app` is a ferroware layer relaying its response (`RunLayer::relaying`).
+fn relaying_layer(py: Python<'_>, app: &Bound<'_, PyAny>) -> bool {
+    app.cast::<crate::layer::RunLayer>().is_ok_and(|layer| layer.get().relaying(py))
 }
 
 /// The response `call_next` returns: `response_cls` with its per-response

@@ -89,6 +89,15 @@ impl RunLayer {
     fn step(&self, py: Python<'_>, input: Input) -> PyResult<Option<Py<PyAny>>> {
         self.layer.try_borrow_mut(py)?.step(py, input)
     }
+
+    /// Whether it is relaying `call_next`'s response: then nothing but this
+    /// layer, stepped in our task, sends into the channel above it (its
+    /// `dispatch` is over, and no response of its own runs in a task).
+    pub fn relaying(&self, py: Python<'_>) -> bool {
+        self.layer.try_borrow(py).is_some_and(|layer| {
+            matches!(layer.phase, Phase::SendHead | Phase::NextChunk | Phase::SendChunk | Phase::SendFinal)
+        })
+    }
 }
 
 /// The state of a `RunLayer`.

@@ -4,13 +4,14 @@ does this: its main task joins a task group in which a child streams)."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import anyio
 import pytest
 from starlette.middleware.base import BaseHTTPMiddleware as StockBaseHTTPMiddleware
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.types import Message, Receive, Scope, Send
 
 from ferroware import BaseHTTPMiddleware
@@ -40,6 +41,11 @@ async def _serve(middleware_cls: type, layers: int) -> list[Message]:
     app = streams_from_a_child
     for _ in range(layers):
         app = middleware_cls(app, dispatch=add_header)
+    return await _serve_app(app)
+
+
+async def _serve_app(app: Any) -> list[Message]:
+    """One request on ASGI spec 2.3; the disconnect comes once the response is complete."""
     sent: list[Message] = []
     done = anyio.Event()
 
@@ -77,3 +83,41 @@ async def test_child_task_streams_while_main_task_joins(layers: int) -> None:
     assert ours == stock
     assert [m.get("body") for m in ours[1:]] == [b"chunk 0;", b"chunk 1;", b"chunk 2;", b""]
     assert (b"x-layer", b"1") in ours[0]["headers"]
+
+
+async def own_streaming_response(request: Request, call_next: CallNext) -> Response:
+    """Runs the app, then answers with a response of its own that streams from a
+    task (Starlette's ``StreamingResponse`` does on ASGI spec < 2.4) into the
+    layer above."""
+    await call_next(request)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for i in range(3):
+            await anyio.sleep(0.001)
+            yield f"own {i};".encode()
+
+    return StreamingResponse(chunks(), media_type="text/plain")
+
+
+async def plain_app(scope: Scope, receive: Receive, send: Send) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"ignored"})
+
+
+@pytest.mark.parametrize("outer_layers", [1, 3])
+@pytest.mark.anyio
+async def test_inner_layer_streams_its_own_response_from_a_task(outer_layers: int) -> None:
+    """The layers above an inner one that sends its own response from another
+    task must still be woken by those sends (only a layer relaying call_next's
+    response can't receive one)."""
+
+    async def serve(middleware_cls: type) -> list[Message]:
+        app: Any = middleware_cls(plain_app, dispatch=own_streaming_response)
+        for _ in range(outer_layers):
+            app = middleware_cls(app, dispatch=add_header)
+        return await _serve_app(app)
+
+    stock = await serve(StockBaseHTTPMiddleware)
+    ours = await serve(BaseHTTPMiddleware)
+    assert ours == stock
+    assert [m.get("body") for m in ours[1:]] == [b"own 0;", b"own 1;", b"own 2;", b""]
