@@ -20,6 +20,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple, PyType};
 use pyo3::{intern, IntoPyObjectExt};
 
+use crate::builtins::as_list;
 use crate::field_cache;
 use crate::objects::{instance_dict, own_attr};
 
@@ -615,10 +616,7 @@ impl Headers {
         } else if let Some(scope) = scope {
             // Like Starlette: always a fresh list, put back into the scope, so a
             // header list shared with other messages is never edited.
-            let headers = scope.get_item(intern!(py, "headers"))?;
-            // SAFETY: PySequence_List returns a new reference to a list or NULL with an exception set.
-            let list = unsafe { Bound::from_owned_ptr_or_err(py, ffi::PySequence_List(headers.as_ptr()))? };
-            let list = list.cast_into::<PyList>().map_err(PyErr::from)?;
+            let list = as_list(&scope.get_item(intern!(py, "headers"))?)?;
             scope.set_item(intern!(py, "headers"), &list)?;
             list
         } else {
@@ -852,51 +850,54 @@ impl MutableHeaders {
     }
 }
 
-/// `CallNextResponse.headers`: the compiled `MutableHeaders` over the
-/// response's `raw_headers` (a list from then on: edits go into the list that
-/// is sent), made on first use and cached in `_headers`, where Starlette's
-/// `Response.headers` caches its own. A getter in Rust, as every header edit
-/// in a `dispatch` starts here.
-#[pyfunction]
-fn response_headers<'py>(response: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
-    let py = response.py();
-    let attrs = instance_dict(response)?;
-    let cached = own_attr(response, Some(&attrs), intern!(py, "_headers"))?;
+/// The headers object cached in `obj.__dict__["_headers"]` (where Starlette's
+/// `Request` and `Response` cache their own), made by `build` from that dict on
+/// first use.
+fn cached_headers<'py>(
+    obj: &Bound<'py, PyAny>,
+    build: impl FnOnce(&Bound<'py, PyDict>) -> PyResult<Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let py = obj.py();
+    let attrs = instance_dict(obj)?;
+    let cached = own_attr(obj, Some(&attrs), intern!(py, "_headers"))?;
     if !cached.is_none() {
         return Ok(cached);
     }
-    let raw = own_attr(response, Some(&attrs), intern!(py, "raw_headers"))?;
-    let list = match raw.cast_into::<PyList>() {
-        Ok(list) => list,
-        Err(raw) => {
-            // An app may send its headers as a tuple: edit (and send) a list instead.
-            let list = unsafe { Bound::from_owned_ptr_or_err(py, ffi::PySequence_List(raw.into_inner().as_ptr()))? }
-                .cast_into::<PyList>()
-                .map_err(PyErr::from)?;
-            attrs.set_item(intern!(py, "raw_headers"), &list)?;
-            list
-        }
-    };
-    let headers = MutableHeaders::wrap(py, list)?.into_bound(py).into_any();
+    let headers = build(&attrs)?;
     attrs.set_item(intern!(py, "_headers"), &headers)?;
     Ok(headers)
 }
 
+/// `CallNextResponse.headers`: the compiled `MutableHeaders` over the
+/// response's `raw_headers` (a list from then on: edits go into the list that
+/// is sent). A getter in Rust, as every header edit in a `dispatch` starts here.
+#[pyfunction]
+fn response_headers<'py>(response: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    let py = response.py();
+    cached_headers(response, |attrs| {
+        let raw = own_attr(response, Some(attrs), intern!(py, "raw_headers"))?;
+        let list = match raw.cast_into::<PyList>() {
+            Ok(list) => list,
+            Err(raw) => {
+                // An app may send its headers as a tuple: edit (and send) a list instead.
+                let list = as_list(&raw.into_inner())?;
+                attrs.set_item(intern!(py, "raw_headers"), &list)?;
+                list
+            }
+        };
+        Ok(MutableHeaders::wrap(py, list)?.into_bound(py).into_any())
+    })
+}
+
 /// `DispatchRequest.headers`: the compiled, read-only `Headers` of the
-/// request's scope, made on first use and cached in `_headers` (where
-/// Starlette's `HTTPConnection.headers` caches its own).
+/// request's scope.
 #[pyfunction]
 fn request_headers<'py>(request: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
     let py = request.py();
-    let attrs = instance_dict(request)?;
-    let cached = own_attr(request, Some(&attrs), intern!(py, "_headers"))?;
-    if !cached.is_none() {
-        return Ok(cached);
-    }
-    let scope = own_attr(request, Some(&attrs), intern!(py, "scope"))?;
-    let headers = Bound::new(py, Headers::build(py, None, None, Some(&scope), false)?)?.into_any();
-    attrs.set_item(intern!(py, "_headers"), &headers)?;
-    Ok(headers)
+    cached_headers(request, |attrs| {
+        let scope = own_attr(request, Some(attrs), intern!(py, "scope"))?;
+        Ok(Bound::new(py, Headers::build(py, None, None, Some(&scope), false)?)?.into_any())
+    })
 }
 
 pub fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
