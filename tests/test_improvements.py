@@ -45,10 +45,9 @@ async def test_contextvar_set_downstream_is_seen_after_call_next(middleware_cls:
     assert seen == [expected]
 
 
-@pytest.mark.anyio
-@pytest.mark.parametrize("middleware_cls", IMPLEMENTATIONS)
-async def test_endpoint_sees_disconnect_behind_middleware(middleware_cls: type) -> None:
-    seen: list[bool] = []
+def disconnect_probe(middleware_cls: type, seen: list[bool]) -> Starlette:
+    """An app whose endpoint reads the body, then records ``is_disconnected()``,
+    behind one pass-through layer of ``middleware_cls``."""
 
     async def endpoint(request: Request) -> Response:
         await request.body()
@@ -58,10 +57,17 @@ async def test_endpoint_sees_disconnect_behind_middleware(middleware_cls: type) 
     async def dispatch(request: Request, call_next: CallNext) -> Response:
         return await call_next(request)
 
-    app = Starlette(
+    return Starlette(
         routes=[Route("/", endpoint, methods=["POST"])],
         middleware=[Middleware(middleware_cls, dispatch=dispatch)],
     )
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("middleware_cls", IMPLEMENTATIONS)
+async def test_endpoint_sees_disconnect_behind_middleware(middleware_cls: type) -> None:
+    seen: list[bool] = []
+    app = disconnect_probe(middleware_cls, seen)
     client_went_away = [{"type": "http.request", "body": b"abc", "more_body": False}, {"type": "http.disconnect"}]
     await serve(app, client_went_away, method="POST")
     assert seen == [middleware_cls is BaseHTTPMiddleware]
@@ -70,19 +76,7 @@ async def test_endpoint_sees_disconnect_behind_middleware(middleware_cls: type) 
 @pytest.mark.anyio
 async def test_connected_client_is_not_reported_disconnected() -> None:
     seen: list[bool] = []
-
-    async def endpoint(request: Request) -> Response:
-        await request.body()
-        seen.append(await request.is_disconnected())
-        return PlainTextResponse("ok")
-
-    async def dispatch(request: Request, call_next: CallNext) -> Response:
-        return await call_next(request)
-
-    app = Starlette(
-        routes=[Route("/", endpoint, methods=["POST"])],
-        middleware=[Middleware(BaseHTTPMiddleware, dispatch=dispatch)],
-    )
+    app = disconnect_probe(BaseHTTPMiddleware, seen)
     still_connected = anyio.Event()
 
     async def receive() -> Message:
