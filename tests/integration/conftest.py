@@ -1,14 +1,5 @@
-"""Fixtures and hooks of the integration suite (the harness is in rel_harness.py).
-
-``server`` is parametrized over every server the suite covers. Each server is
-started once per session (on a free port, in its own process group), waited
-for until it answers ``/debug``, and its process group is killed at the end.
-Around every test that uses it the fixture checks that the server process and
-its worker survived (same worker pid) and that nothing in the server process
-emitted a warning or an unraisable exception; a failed test gets the server's
-output from its duration attached to the report. A server that is not
-installed, or does not come up, fails the test with the reason: the suite
-never skips a server.
+"""Fixtures and hooks of the integration suite: the ``server`` fixture, whose
+lifecycle and checks are described in rel_harness.py, where the harness is.
 
 With ``FERROWARE_WRITE_RELIABILITY=1`` the session's figures are written to
 docs/reliability.md at the end of the run.
