@@ -2,13 +2,24 @@
 that matter, all from this one run, printed after pytest-benchmark's tables:
 the header operations' speed-ups (benches/test_headers.py) and, for each case
 of benches/test_layers.py, the cost per layer (least-squares slope over the
-layer counts) and the ratios to stock and to pure ASGI."""
+layer counts) and the ratios to stock and to pure ASGI. Also the event loop
+the benchmarks that serve requests share, one per module."""
 
 from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
 
 import pytest
 
 from ferroware import _bench
+
+
+@pytest.fixture(scope="module")
+def loop() -> Iterator[asyncio.AbstractEventLoop]:
+    loop = asyncio.new_event_loop()
+    yield loop
+    loop.close()
 
 
 @pytest.hookimpl(trylast=True)

@@ -7,7 +7,7 @@ pytest-benchmark's table shows both side by side in the group."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 
 import pytest
 import starlette.datastructures
@@ -40,13 +40,6 @@ async def python_headers(request: Request, call_next: CallNext) -> Response:
 
 async def hello(request: Request) -> Response:
     return PlainTextResponse("Hello, world!")
-
-
-@pytest.fixture(scope="module")
-def loop() -> Iterator[asyncio.AbstractEventLoop]:
-    loop = asyncio.new_event_loop()
-    yield loop
-    loop.close()
 
 
 @pytest.mark.parametrize("headers", ["compiled", "starlette"])

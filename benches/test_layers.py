@@ -15,7 +15,6 @@ on one event loop; every request gets fresh scope, message and body dicts.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
 import pytest
 
@@ -24,13 +23,6 @@ from ferroware import _bench
 REQUESTS = 1000  # per round for a bare app (~30 µs a request)
 BATCH_SECONDS = 0.03  # deeper stacks get fewer requests, so a round takes about this long
 ROUNDS = 10
-
-
-@pytest.fixture(scope="module")
-def loop() -> Iterator[asyncio.AbstractEventLoop]:
-    loop = asyncio.new_event_loop()
-    yield loop
-    loop.close()
 
 
 @pytest.mark.parametrize("layers", _bench.LAYER_COUNTS)

@@ -6,7 +6,6 @@ difference divided by 10 is the cost per layer per request (target: at most
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
 import pytest
 
@@ -15,13 +14,6 @@ from ferroware import _bench
 
 LAYERS = 10
 REQUESTS = 400
-
-
-@pytest.fixture(scope="module")
-def loop() -> Iterator[asyncio.AbstractEventLoop]:
-    loop = asyncio.new_event_loop()
-    yield loop
-    loop.close()
 
 
 @pytest.mark.parametrize("timings", [False, True], ids=["off", "on"])
