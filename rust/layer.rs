@@ -273,6 +273,7 @@ impl Layer {
         self.phase = Phase::Done;
         self.sub = None;
         if let Some(channel) = &self.channel {
+            // Two statements: the channel's borrow ends before what it held is dropped.
             let released = channel.get().inner_mut(py).release(py);
             drop(released);
         }
