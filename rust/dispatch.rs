@@ -72,7 +72,8 @@ pub struct Hooks {
     /// `foreign_send(channel, message) -> Awaitable[None]`, for a send the
     /// channel can't take directly (another task's, or one after the response).
     pub foreign_send: Py<PyAny>,
-    /// `others_ready() -> bool`: whether another task is ready to run.
+    /// `others_ready(loop) -> bool`: whether another task is ready to run
+    /// (`loop`: the running asyncio loop if known, else None).
     pub others_ready: Py<PyAny>,
     /// `checkpoint() -> Awaitable[None]`: a shielded yield to the event loop.
     pub checkpoint: Py<PyAny>,
@@ -242,14 +243,19 @@ pub struct ScopeTracker {
     key: Option<(Py<PyDict>, Py<PyAny>)>,
     attribute: Py<PyString>,
     mover: Py<PyAny>,
+    /// The running asyncio loop (None on trio), kept so nothing later in the
+    /// request has to ask for it again: on CPython 3.11 each ask is a syscall.
+    event_loop: Option<Py<PyAny>>,
 }
 
 impl ScopeTracker {
     /// For the current task: asyncio looked up here directly, trio through its hook.
     pub fn lookup(py: Python<'_>, hooks: &Hooks) -> PyResult<Option<Py<ScopeTracker>>> {
         if let Some((get_running_loop, current_task, states, mover)) = &hooks.asyncio_scopes {
-            if !get_running_loop.call0(py)?.is_none(py) {
-                let task = current_task.call0(py)?;
+            let event_loop = get_running_loop.call0(py)?;
+            if !event_loop.is_none(py) {
+                // Given the loop, current_task doesn't look it up again.
+                let task = current_task.call1(py, (&event_loop,))?;
                 if task.is_none(py) {
                     return Ok(None);
                 }
@@ -263,6 +269,7 @@ impl ScopeTracker {
                     key: Some((states.clone_ref(py), key.unbind())),
                     attribute: intern!(py, "cancel_scope").clone().unbind(),
                     mover: mover.clone_ref(py),
+                    event_loop: Some(event_loop),
                 };
                 return Ok(Some(Py::new(py, tracker)?));
             }
@@ -272,7 +279,12 @@ impl ScopeTracker {
             return Ok(None);
         }
         let (task, holder, attribute, mover): (Py<PyAny>, Py<PyAny>, Py<PyString>, Py<PyAny>) = found.extract(py)?;
-        Ok(Some(Py::new(py, ScopeTracker { task, holder: Some(holder), key: None, attribute, mover })?))
+        Ok(Some(Py::new(py, ScopeTracker { task, holder: Some(holder), key: None, attribute, mover, event_loop: None })?))
+    }
+
+    /// The asyncio loop the request runs on, if it was looked up.
+    pub fn event_loop<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyAny>> {
+        self.event_loop.as_ref().map(|l| l.bind(py).clone())
     }
 
     /// The task's innermost cancel scope now (None when it has none).

@@ -513,7 +513,9 @@ impl Layer {
         let outermost = !self.send.bind(py).is_instance_of::<Channel>();
         if outermost {
             let hooks = self.dispatcher.get().hooks.get();
-            if hooks.others_ready.bind(py).call0()?.is_truthy()?
+            let tracker = self.channel().get().inner(py).tracker.as_ref().map(|t| t.clone_ref(py));
+            let event_loop = tracker.and_then(|t| t.borrow(py).event_loop(py));
+            if hooks.others_ready.bind(py).call1((event_loop,))?.is_truthy()?
                 && self.background_pending(py, hooks.response_calls.bind(py)) != Some(false)
             {
                 self.sub = Some(Sub::Py(awaitable_iter(&hooks.checkpoint.bind(py).call0()?)?));

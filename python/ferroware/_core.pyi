@@ -22,7 +22,7 @@ class Hooks:
         request_template: dict[str, Any] | None,
         response_cls: type,
         foreign_send: Callable[[Channel, Message], Awaitable[None]],
-        others_ready: Callable[[], bool],
+        others_ready: Callable[[Any], bool],
         checkpoint: Callable[[], Awaitable[None]],
         make_proxy: Callable[[Any], Any],
         asyncio_scopes: tuple[Any, Any, dict[Any, Any], Callable[[Any, Any, Any, Any], None]] | None,

@@ -15,21 +15,25 @@ from starlette.responses import FileResponse, Response, StreamingResponse
 from ferroware._core import YieldOnce
 
 
-def others_ready() -> bool:
+def others_ready(loop: asyncio.AbstractEventLoop | None) -> bool:
     """True when another task is ready to run now (True when it can't be told).
 
+    ``loop`` is the running asyncio loop when the dispatcher already knows it
+    (asking again costs a ``getpid`` syscall on CPython 3.11), else None.
     Only asyncio's stdlib loop can be asked; trio's statistics leave out the
     tasks of the batch it is running, so there we always yield.
     """
-    try:
-        library = sniffio.current_async_library()
-    except sniffio.AsyncLibraryNotFoundError:
-        return True
-    if library == "asyncio":
-        ready = getattr(asyncio.get_running_loop(), "_ready", None)
-        # Only the stdlib loop exposes its ready queue; elsewhere, always yield.
-        return True if ready is None else len(ready) > 0
-    return True
+    if loop is None:
+        try:
+            library = sniffio.current_async_library()
+        except sniffio.AsyncLibraryNotFoundError:
+            return True
+        if library != "asyncio":
+            return True
+        loop = asyncio.get_running_loop()
+    ready = getattr(loop, "_ready", None)
+    # Only the stdlib loop exposes its ready queue; elsewhere, always yield.
+    return True if ready is None else len(ready) > 0
 
 
 def make_proxy(future: asyncio.Future[Any]) -> asyncio.Future[None]:
