@@ -19,7 +19,7 @@ use crate::timing::clock;
 use pyo3::{ffi, intern};
 
 use crate::coro::{self, resume, Input};
-use crate::dispatch::{Channel, Dispatcher, Pause, Sent};
+use crate::dispatch::{Channel, Dispatcher, Pause, Sent, State};
 use crate::drive::{DriveCore, Goal, Outcome};
 use crate::gil_cell::GilCell;
 use crate::message::Message;
@@ -350,6 +350,17 @@ impl Layer {
                 if !bytes && (chunk.is_instance_of::<PyDict>() || chunk.is_instance_of::<PyMapping>()) {
                     self.pathsend = true;
                     return self.await_send(py, Message::Asgi(chunk.unbind()));
+                }
+                // The app's last chunk, going to a ferroware layer above: one
+                // message says "chunk, then the end". That layer's body
+                // iterator yields the same chunk and then ends, as it would
+                // after a separate empty final chunk, so only the round trip
+                // is saved. (A server still gets Starlette's exact messages.)
+                if self.send.bind(py).is_instance_of::<Channel>()
+                    && self.channel().get().inner(py).state == State::BodyDone
+                {
+                    self.phase = Phase::SendFinal;
+                    return self.await_send(py, Message::Body { chunk: Some(chunk.unbind()), more: false });
                 }
                 self.await_send(py, Message::Body { chunk: Some(chunk.unbind()), more: true })
             }

@@ -523,7 +523,13 @@ async def test_dispatch_never_calls_call_next() -> None:
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("spec_version", ["2.0", "2.4"])
-async def test_dispatch_rebuilds_response_from_body_iterator(spec_version: str) -> None:
+@pytest.mark.parametrize("endpoint_kind", ["streaming", "plain"])
+@pytest.mark.parametrize("relaying_layers", [0, 2])
+async def test_dispatch_rebuilds_response_from_body_iterator(
+    spec_version: str, endpoint_kind: str, relaying_layers: int
+) -> None:
+    # With relaying layers between, the body iterator reads what those layers
+    # relay (ferroware: their last chunk and the end come as one message).
     def build(base: Base, rec: Recorder) -> ASGIApp:
         async def dispatch(request: Request, call_next: CallNext) -> Response:
             response = await call_next(request)
@@ -537,10 +543,13 @@ async def test_dispatch_rebuilds_response_from_body_iterator(spec_version: str) 
                 rec.event("gen", chunk)
                 yield chunk
 
-        endpoint = StreamingResponse(
-            generate(), headers={"x-app": "1"}, background=BackgroundTask(rec.event, "endpoint:background")
-        )
-        return stack(base, endpoint, [dispatch])
+        background = BackgroundTask(rec.event, "endpoint:background")
+        if endpoint_kind == "streaming":
+            endpoint: ASGIApp = StreamingResponse(generate(), headers={"x-app": "1"}, background=background)
+        else:
+            endpoint = PlainTextResponse("one chunk", headers={"x-app": "1"}, background=background)
+        inner = [passthrough(rec, f"relay{i}") for i in range(relaying_layers)]
+        return stack(base, endpoint, [dispatch, *inner])
 
     await differential(build, scope=functools.partial(http_scope, spec_version=spec_version))
 
