@@ -51,23 +51,25 @@ class DispatchRequest(Request):
         channel = self.channel
         if self._told_disconnect or channel.response_sent:
             return {"type": "http.disconnect"}
+        if not self._delivered:
+            if hasattr(self, "_body"):  # dispatch awaited body(): replay it whole
+                self._delivered = True
+                return {"type": "http.request", "body": self._body, "more_body": False}
+            if self._stream_consumed:  # dispatch drained stream(): nothing is left
+                self._delivered = True
+                return {"type": "http.request", "body": b"", "more_body": False}
         if not isinstance(self._receive, ServerReceive):
             # From now on the app may be waiting in the server's receive while
             # its own child task sends: make that wait interruptible (see
-            # ferroware._handoff). Made here, on first use, so a request whose
-            # body nobody reads pays nothing for it.
+            # ferroware._handoff). Made here, when the server's receive is
+            # first needed, so a request whose body is replayed or never read
+            # pays nothing for it.
             self._receive = ServerReceive(channel, self._receive)
         if self._delivered:
             if self._is_disconnected:  # dispatch already saw the client go
                 self._told_disconnect = True
                 return {"type": "http.disconnect"}
             return self._seen(await self._receive())
-        if hasattr(self, "_body"):  # dispatch awaited body(): replay it whole
-            self._delivered = True
-            return {"type": "http.request", "body": self._body, "more_body": False}
-        if self._stream_consumed:  # dispatch drained stream(): nothing is left
-            self._delivered = True
-            return {"type": "http.request", "body": b"", "more_body": False}
         try:  # share the stream, so dispatch sees what the app consumed
             async with aclosing(self.stream()) as stream:
                 chunk = await stream.__anext__()
