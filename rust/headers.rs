@@ -405,7 +405,21 @@ fn cached_field<'py>(key: &Bound<'py, PyAny>, value: &Bound<'py, PyAny>) -> PyRe
     if let Some(hit) = field_cache::lookup(key_str, value_str) {
         return Ok(hit);
     }
-    let built = field(key, value)?;
+    let built = match field_cache::lookup_name(key_str) {
+        // A name seen before (so valid): only the value is new.
+        Some(name) => {
+            let encoded = encode_value(value)?;
+            check_value(key.py(), name.as_bytes(), encoded.as_bytes())?;
+            pair_tuple(key.py(), name.into_any(), encoded.into_any())?
+        }
+        None => {
+            let built = field(key, value)?;
+            if let Ok(name) = built.get_item(0)?.cast_into::<PyBytes>() {
+                field_cache::store_name(key_str, &name);
+            }
+            built
+        }
+    };
     field_cache::store(key_str, value_str, &built);
     Ok(built)
 }

@@ -639,3 +639,29 @@ def test_append_refuses_a_bad_field_every_time() -> None:
             headers.append("X A", "b")
     headers.append("X-A", "ok")
     assert headers.raw == [(b"x-a", b"ok")]
+
+
+def test_append_of_a_known_name_still_checks_and_encodes_each_new_value() -> None:
+    # A name appended before has its bytes reused (rust/field_cache.rs); every
+    # new value must still be encoded and checked as on a first append.
+    name = "X-Known"
+    ours, theirs = MutableHeaders(raw=[]), sd.MutableHeaders(raw=[])
+    for value in ["first", "caf\xe9", "second"]:
+        ours.append(name, value)
+        theirs.append(name, value)
+    assert ours.raw == theirs.raw
+
+    def refusal(name_object: str, value: str) -> tuple[type[BaseException], str]:
+        with pytest.raises((ValueError, UnicodeEncodeError)) as info:
+            MutableHeaders(raw=[]).append(name_object, value)
+        return info.type, str(info.value)
+
+    fresh_name = "".join(["X-", "Known"])  # equal, but a str object never seen before
+    assert fresh_name is not name
+    for bad in ["a\r\nb", "nul\x00", "euro \u20ac"]:
+        assert refusal(name, bad) == refusal(fresh_name, bad)
+    with pytest.raises(UnicodeEncodeError):
+        theirs.append(name, "euro \u20ac")
+    with pytest.raises(UnicodeEncodeError):
+        ours.append(name, "euro \u20ac")
+    assert ours.raw == theirs.raw
