@@ -627,6 +627,13 @@ impl<'py> Peek<'_, 'py> {
         }
     }
 
+    /// Whether `code` is one of the response `__call__` codes. By identity: a
+    /// tuple's `in` compares code objects by value, field by field, which cost
+    /// more than the rest of the look.
+    fn is_response_call(&self, code: &Bound<'py, PyAny>) -> bool {
+        self.response_calls.iter().any(|known| known.is(code))
+    }
+
     /// A level of the chain: a ferroware layer or a coroutine.
     fn level(&self, mut level: Bound<'py, PyAny>) -> PyResult<Option<bool>> {
         let py = self.py;
@@ -646,7 +653,7 @@ impl<'py> Peek<'_, 'py> {
             if unsafe { ffi::PyCoro_CheckExact(level.as_ptr()) } == 0 {
                 return Ok(None);
             }
-            if self.response_calls.contains(level.getattr(intern!(py, "cr_code"))?)? {
+            if self.is_response_call(&level.getattr(intern!(py, "cr_code"))?) {
                 let locals = level.getattr(intern!(py, "cr_frame"))?.getattr(intern!(py, "f_locals"))?;
                 match self.has_background(&locals.get_item(intern!(py, "self"))?, false) {
                     Some(false) => found_response = true,
