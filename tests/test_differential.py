@@ -471,6 +471,35 @@ async def test_request_body_read_in_dispatch_then_endpoint(dispatch_mode: str, e
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize(
+    "modes", [("body", "body", "body"), ("body", "stream", "body"), ("stream", "body", "body"), ("none", "body", "none")]
+)
+@pytest.mark.parametrize("endpoint_mode", ["body", "stream"])
+async def test_request_body_read_by_some_layers(modes: tuple[str, ...], endpoint_mode: str) -> None:
+    # Each layer reads the body its own way (or not), outermost first: a layer
+    # below one that read the whole body takes it directly (ferroware), which
+    # must leave every later reader where the replayed message would have.
+    def build(base: Base, rec: Recorder) -> ASGIApp:
+        def layer(i: int, mode: str) -> Dispatch:
+            read_it = reading_dispatch(rec, f"l{i}", mode)
+
+            async def dispatch(request: Request, call_next: CallNext) -> Response:
+                response = await read_it(request, call_next)
+                if i > 0:
+                    # The layer above delivered the body once: the next receive
+                    # is the client's (its disconnect), not a second replay.
+                    rec.event(f"l{i}:next-receive", (await request.receive())["type"])
+                return response
+
+            return dispatch
+
+        dispatches = [layer(i, mode) for i, mode in enumerate(modes)]
+        return stack(base, echo_endpoint(rec, endpoint_mode), dispatches)
+
+    await differential(build, incoming=[*request_messages(REQUEST_CHUNKS), {"type": "http.disconnect"}])
+
+
+@pytest.mark.anyio
 async def test_raw_receive_downstream_sees_replayed_body_then_disconnect() -> None:
     """What the downstream app's ``receive`` returns, message by message, after dispatch read the body."""
 

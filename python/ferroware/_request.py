@@ -10,7 +10,8 @@ disconnect (reported at once after the response went out).
 from __future__ import annotations
 
 from contextlib import aclosing
-from typing import TYPE_CHECKING, Any
+from types import MethodType
+from typing import TYPE_CHECKING, Any, cast
 
 from anyio.lowlevel import checkpoint
 from starlette.requests import ClientDisconnect, Request
@@ -47,14 +48,37 @@ class DispatchRequest(Request):
     _headers: Headers | None = None  # type: ignore[assignment]
     headers = property(request_headers, doc="The request headers (compiled, read-only).")
 
+    async def body(self) -> bytes:
+        # Below another ferroware layer whose dispatch read the whole body, the
+        # body is that layer's, replayed as one message: take it directly, with
+        # the same end state as reading that message (no await in between
+        # either way), instead of through stream() and a message dict.
+        if not hasattr(self, "_body") and not self._stream_consumed:
+            receive = self._receive
+            if isinstance(receive, MethodType) and receive.__func__ is _DOWNSTREAM_RECEIVE:
+                # Bound from downstream_receive: its self is a DispatchRequest.
+                body = cast(DispatchRequest, receive.__self__)._replay_whole()
+                if body is not None:
+                    self._stream_consumed = True
+                    self._body = body
+        return await super().body()
+
+    def _replay_whole(self) -> bytes | None:
+        """The body to replay downstream as one message, if that is what
+        ``downstream_receive`` would give now (it is then delivered)."""
+        if self._delivered or self._told_disconnect or self.channel.response_sent or not hasattr(self, "_body"):
+            return None
+        self._delivered = True
+        body: bytes = self._body
+        return body
+
     async def downstream_receive(self) -> Message:
-        channel = self.channel
-        if self._told_disconnect or channel.response_sent:
+        if self._told_disconnect or self.channel.response_sent:
             return {"type": "http.disconnect"}
         if not self._delivered:
-            if hasattr(self, "_body"):  # dispatch awaited body(): replay it whole
-                self._delivered = True
-                return {"type": "http.request", "body": self._body, "more_body": False}
+            body = self._replay_whole()
+            if body is not None:  # dispatch awaited body(): replay it whole
+                return {"type": "http.request", "body": body, "more_body": False}
             if self._stream_consumed:  # dispatch drained stream(): nothing is left
                 self._delivered = True
                 return {"type": "http.request", "body": b"", "more_body": False}
@@ -64,7 +88,7 @@ class DispatchRequest(Request):
             # ferroware._handoff). Made here, when the server's receive is
             # first needed, so a request whose body is replayed or never read
             # pays nothing for it.
-            self._receive = ServerReceive(channel, self._receive)
+            self._receive = ServerReceive(self.channel, self._receive)
         if self._delivered:
             if self._is_disconnected:  # dispatch already saw the client go
                 self._told_disconnect = True
@@ -86,6 +110,9 @@ class DispatchRequest(Request):
         elif message["type"] != "http.request":  # pragma: no cover - a server bug
             raise RuntimeError(f"Unexpected message received: {message['type']}")
         return message
+
+
+_DOWNSTREAM_RECEIVE = DispatchRequest.downstream_receive
 
 
 def request_template() -> dict[str, Any] | None:
