@@ -121,3 +121,38 @@ async def test_inner_layer_streams_its_own_response_from_a_task(outer_layers: in
     ours = await serve(BaseHTTPMiddleware)
     assert ours == stock
     assert [m.get("body") for m in ours[1:]] == [b"own 0;", b"own 1;", b"own 2;", b""]
+
+
+@pytest.mark.anyio
+async def test_a_parked_sender_cancelled_while_waiting_leaves_the_handoff_usable() -> None:
+    """A sender waits on its flag (a bare future on asyncio) until the
+    dispatcher takes its message; if the sender is cancelled first, setting the
+    flag later (the dispatcher releasing it, or the response ending) is a no-op,
+    not an error in the dispatcher's task."""
+    from ferroware._handoff import Handoff
+
+    class FakeChannel:
+        handoff: Any = None
+
+        def wake(self) -> bool:
+            return True
+
+    channel = FakeChannel()
+    handoff = Handoff.of(channel)  # type: ignore[arg-type]
+    message: Message = {"type": "http.response.body", "body": b"x", "more_body": True}
+    with anyio.move_on_after(0.01) as scope:
+        await handoff.send(channel, message)  # type: ignore[arg-type]
+    assert scope.cancelled_caught
+    assert handoff.take() == message  # still parked; the dispatcher takes it
+    handoff.release(None)  # its sender is gone: nothing to wake, nothing raised
+    handoff.close()
+
+    async def sender() -> None:
+        await handoff.send(channel, message)  # type: ignore[arg-type]
+
+    handoff = Handoff.of(FakeChannel())  # type: ignore[arg-type]
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(sender)
+        await anyio.sleep(0.01)
+        assert handoff.take() == message
+        handoff.release(None)  # wakes the sender, which then returns

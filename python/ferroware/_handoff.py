@@ -24,6 +24,7 @@ buffered, and no helper task is ever started.
 
 from __future__ import annotations
 
+import asyncio
 from collections import deque
 from typing import TYPE_CHECKING
 
@@ -38,23 +39,61 @@ if TYPE_CHECKING:
 _DISCONNECT: Message = {"type": "http.disconnect"}
 
 
+class _Flag:
+    """What a parked sender waits on until its message is taken: set once,
+    awaited by that one task. On asyncio a bare future of the loop, which costs
+    a fraction of an ``anyio.Event`` (that looks up its backend each time);
+    elsewhere an ``anyio.Event``."""
+
+    __slots__ = ("_future", "_event")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop | None) -> None:
+        self._future = loop.create_future() if loop is not None else None
+        self._event = anyio.Event() if loop is None else None
+
+    def set(self) -> None:
+        if self._future is not None:
+            if not self._future.done():  # a cancelled waiter leaves it cancelled
+                self._future.set_result(None)
+        elif self._event is not None:
+            self._event.set()
+
+    async def wait(self) -> None:
+        if self._future is not None:
+            await self._future
+        elif self._event is not None:
+            await self._event.wait()
+
+
 class _Parked:
-    """One message from another task, and the event its sender waits on."""
+    """One message from another task, and the flag its sender waits on."""
 
     __slots__ = ("message", "taken", "error")
 
-    def __init__(self, message: Message) -> None:
+    def __init__(self, message: Message, taken: _Flag) -> None:
         self.message = message
-        self.taken = anyio.Event()
+        self.taken = taken
         self.error: BaseException | None = None
+
+
+def _running_asyncio_loop() -> asyncio.AbstractEventLoop | None:
+    """The running asyncio loop; None under another library (trio)."""
+    try:
+        if sniffio.current_async_library() != "asyncio":
+            return None
+    except sniffio.AsyncLibraryNotFoundError:
+        return None
+    return asyncio.get_running_loop()
 
 
 class Handoff:
     """Per-request meeting point between foreign senders and waiting receives."""
 
-    __slots__ = ("_parked", "_held", "_relaying_wait", "_other_waits", "closed")
+    __slots__ = ("_parked", "_held", "_relaying_wait", "_other_waits", "closed", "_loop")
 
     def __init__(self) -> None:
+        # Asked once per request: every send and receive of it runs on this loop.
+        self._loop = _running_asyncio_loop()
         self._parked: deque[_Parked] = deque()
         self._held: _Parked | None = None  # taken by the dispatcher, sender not yet released
         # The server receive the stepped task waits in (it can relay), and the
@@ -74,7 +113,7 @@ class Handoff:
 
     async def send(self, channel: Channel, message: Message) -> None:
         """Called in the foreign task: park the message until the dispatcher took it."""
-        parked = _Parked(message)
+        parked = _Parked(message, _Flag(self._loop))
         self._parked.append(parked)
         if not channel.wake() and self._relaying_wait is not None:
             self._relaying_wait.cancel()
