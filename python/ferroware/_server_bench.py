@@ -1,9 +1,10 @@
 """``ferroware bench --server``: the same app behind uvicorn, driven by wrk.
 
 Each implementation's app (``_bench.build_app``, the ``header`` case) is served
-by its own uvicorn process (``--interface asgi3``, one worker, no access log)
-on a free loopback port, loaded by ``wrk --latency`` for a bounded time, then
-stopped. Only 127.0.0.1 is ever contacted.
+by its own uvicorn process (``--interface asgi3``, one worker, no access log,
+h11 on asyncio's own loop even where httptools or uvloop are installed, so
+that runs compare alike) on a free loopback port, loaded by ``wrk --latency``
+for a bounded time, then stopped. Only 127.0.0.1 is ever contacted.
 """
 
 from __future__ import annotations
@@ -131,7 +132,8 @@ def run_one(
     env = dict(os.environ, **{ENV_IMPL: implementation, ENV_LAYERS: str(layers)})
     cmd = [
         sys.executable, "-m", "uvicorn", "--factory", "ferroware._server_bench:app_factory",
-        "--interface", "asgi3", "--host", "127.0.0.1", "--port", str(port),
+        "--interface", "asgi3", "--http", "h11", "--loop", "asyncio",
+        "--host", "127.0.0.1", "--port", str(port),
         "--workers", "1", "--no-access-log", "--log-level", "warning",
     ]  # fmt: skip
     proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
