@@ -77,9 +77,9 @@ pub struct Hooks {
     pub others_ready: Py<PyAny>,
     /// `checkpoint() -> Awaitable[None]`: a shielded yield to the event loop.
     pub checkpoint: Py<PyAny>,
-    /// `make_proxy(future) -> future`: an asyncio future done when `future` is,
-    /// or earlier when a send from another task wakes it (see `drive.rs`).
-    pub make_proxy: Py<PyAny>,
+    /// `ProxyLink(future)`: hands out asyncio futures (`.proxy()`) done when
+    /// `future` is, or earlier when a send from another task wakes one (see `drive.rs`).
+    pub proxy_link: Py<PyAny>,
     /// `(get_running_loop, current_task, states, move)` or None, see `ferroware._scopes`.
     pub asyncio_scopes: Option<AsyncioScopes>,
     /// `trio_scopes() -> (task, holder, attribute, move) | None`.
@@ -94,7 +94,7 @@ pub struct Hooks {
 impl Hooks {
     #[new]
     #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (*, request_cls, request_template, response_cls, foreign_send, others_ready, checkpoint, make_proxy, asyncio_scopes, trio_scopes, response_calls))]
+    #[pyo3(signature = (*, request_cls, request_template, response_cls, foreign_send, others_ready, checkpoint, proxy_link, asyncio_scopes, trio_scopes, response_calls))]
     fn new(
         py: Python<'_>,
         request_cls: Py<PyType>,
@@ -103,7 +103,7 @@ impl Hooks {
         foreign_send: Py<PyAny>,
         others_ready: Py<PyAny>,
         checkpoint: Py<PyAny>,
-        make_proxy: Py<PyAny>,
+        proxy_link: Py<PyAny>,
         asyncio_scopes: Option<AsyncioScopes>,
         trio_scopes: Py<PyAny>,
         response_calls: Py<PyTuple>,
@@ -120,7 +120,7 @@ impl Hooks {
             foreign_send,
             others_ready,
             checkpoint,
-            make_proxy,
+            proxy_link,
             asyncio_scopes,
             trio_scopes,
             response_calls,
@@ -225,10 +225,29 @@ pub struct ChannelInner {
 }
 
 /// The app is suspended on `future` (asyncio); our task waits on `proxy`, which
-/// a send from another task can complete early to wake us.
+/// a send from another task can complete early to wake us. `link` (a
+/// `ProxyLink`, made at the first proxy) hands out a proxy per wait of ours and
+/// settles the current one when `future` is done, with one callback on it.
 pub struct Waiting {
     pub future: Py<PyAny>,
     pub proxy: Option<Py<PyAny>>,
+    pub link: Option<Py<PyAny>>,
+}
+
+impl Waiting {
+    /// The app started waiting on `future`.
+    pub fn new(future: Py<PyAny>) -> Self {
+        Waiting { future, proxy: None, link: None }
+    }
+
+    /// The same wait, without a proxy (ours was used up).
+    pub fn again(&self, py: Python<'_>) -> Self {
+        Waiting {
+            future: self.future.clone_ref(py),
+            proxy: None,
+            link: self.link.as_ref().map(|l| l.clone_ref(py)),
+        }
+    }
 }
 
 /// How to read and move one task's cancel scope (see `ferroware._scopes`).

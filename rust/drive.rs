@@ -241,7 +241,7 @@ impl DriveCore {
                         if let Err(err) = value.bind(py).setattr(intern!(py, "_asyncio_future_blocking"), false) {
                             return Outcome::Raise(err);
                         }
-                        channel.get().inner_mut(py).waiting = Some(Waiting { future: value, proxy: None });
+                        channel.get().inner_mut(py).waiting = Some(Waiting::new(value));
                         input = Input::none(py);
                         continue;
                     }
@@ -277,7 +277,7 @@ impl DriveCore {
         if matches!(self.goal, Goal::Start | Goal::Body) {
             // Woken by a send from another task: take it as if the app sent it.
             if let Some(message) = take_parked(channel)? {
-                let keep = Waiting { future: waiting.future.clone_ref(py), proxy: None };
+                let keep = waiting.again(py);
                 match self.on_message(channel, Message::Asgi(message.unbind())) {
                     Ok(Next::Settle(outcome)) => {
                         channel.get().inner_mut(py).waiting = Some(keep);
@@ -292,9 +292,15 @@ impl DriveCore {
                 }
                 return self.while_waiting(channel, keep, Input::none(py));
             }
-            let make_proxy = channel.get().dispatcher.get().hooks.get().make_proxy.clone_ref(py);
-            let proxy = make_proxy.call1(py, (future,))?;
-            channel.get().inner_mut(py).waiting = Some(Waiting { future: waiting.future.clone_ref(py), proxy: Some(proxy.clone_ref(py)) });
+            let link = match &waiting.link {
+                Some(link) => link.clone_ref(py),
+                None => channel.get().dispatcher.get().hooks.get().proxy_link.call1(py, (future,))?,
+            };
+            let proxy = link.call_method0(py, intern!(py, "proxy"))?;
+            let mut again = waiting.again(py);
+            again.link = Some(link);
+            again.proxy = Some(proxy.clone_ref(py));
+            channel.get().inner_mut(py).waiting = Some(again);
             return Ok(Wait::Again(Outcome::Yield(proxy)));
         }
         // After the response: no more hand-offs, wait on the app's own future.

@@ -4,6 +4,7 @@ does this: its main task joins a task group in which a child streams)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -156,3 +157,51 @@ async def test_a_parked_sender_cancelled_while_waiting_leaves_the_handoff_usable
         await anyio.sleep(0.01)
         assert handoff.take() == message
         handoff.release(None)  # wakes the sender, which then returns
+
+
+@pytest.mark.anyio
+async def test_a_long_stream_from_a_task_piles_nothing_up_per_chunk(anyio_backend: str) -> None:
+    """Starlette's ``StreamingResponse`` on ASGI 2.3 sends every chunk from a
+    task while its main task waits in ``receive``. On asyncio the dispatcher
+    waits on a proxy of that wait, a new one after each chunk; the proxies must
+    not each leave a callback on the future the app waits on (they would pile
+    up for as long as the stream lasts)."""
+    chunks = 300
+
+    async def numbers() -> AsyncIterator[bytes]:
+        for i in range(chunks):
+            yield b"%d;" % i
+
+    async def pass_through(request: Request, call_next: CallNext) -> Response:
+        return await call_next(request)
+
+    app = BaseHTTPMiddleware(StreamingResponse(numbers()), dispatch=pass_through)
+    sent: list[Message] = []
+    callbacks_at_end: list[int] = []
+    waiting: asyncio.Future[None] | None = None
+    done = anyio.Event()
+
+    async def receive() -> Message:
+        nonlocal waiting
+        if anyio_backend == "asyncio":
+            waiting = asyncio.get_running_loop().create_future()
+            await waiting
+        else:
+            await done.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+        if message["type"] == "http.response.body" and not message.get("more_body", False):
+            if waiting is not None:
+                callbacks_at_end.append(len(waiting._callbacks or ()))  # type: ignore[attr-defined]
+                waiting.set_result(None)
+            done.set()
+
+    scope = {"type": "http", "method": "GET", "path": "/", "headers": [], "asgi": {"spec_version": "2.3"}}
+    with anyio.fail_after(10):
+        await app(scope, receive, send)
+    assert b"".join(m.get("body", b"") for m in sent[1:]) == b"".join(b"%d;" % i for i in range(chunks))
+    assert len(sent) == chunks + 2  # start, a message per chunk, the empty final one
+    if anyio_backend == "asyncio":
+        assert callbacks_at_end and callbacks_at_end[0] <= 2

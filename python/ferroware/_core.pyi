@@ -24,7 +24,7 @@ class Hooks:
         foreign_send: Callable[[Channel, Message], Awaitable[None]],
         others_ready: Callable[[Any], bool],
         checkpoint: Callable[[], Awaitable[None]],
-        make_proxy: Callable[[Any], Any],
+        proxy_link: Callable[[Any], Any],
         asyncio_scopes: tuple[Any, Any, dict[Any, Any], Callable[[Any, Any, Any, Any], None]] | None,
         trio_scopes: Callable[[], tuple[Any, Any, str, Callable[[Any, Any, Any, Any], None]] | None],
         response_calls: tuple[CodeType, ...],

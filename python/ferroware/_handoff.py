@@ -8,7 +8,7 @@ send from a child task instead, while the app's main task waits in ``receive``.
 Such a send is parked here, and the task running the dispatcher is woken:
 
 - on asyncio, that task waits on a proxy of whatever future the app waits on
-  (see ``make_proxy`` and ``rust/drive.rs``); the parked send completes the
+  (see ``ProxyLink`` and ``rust/drive.rs``); the parked send completes the
   proxy, and the dispatcher takes the message itself while the app keeps
   waiting. This works wherever the app's main task waits (its own task group,
   a lock, the server's ``receive``);
@@ -170,7 +170,7 @@ class ServerReceive:
         self.channel = channel
         self.receive = receive
         # On asyncio the dispatcher's task is woken through a proxy future
-        # wherever the app waits (see ``make_proxy``): the stepped task's waits
+        # wherever the app waits (see ``ProxyLink``): the stepped task's waits
         # need no cancel scope there, which keeps body reads cheap.
         try:
             self.interrupt_stepped = sniffio.current_async_library() != "asyncio"

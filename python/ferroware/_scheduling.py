@@ -36,22 +36,36 @@ def others_ready(loop: asyncio.AbstractEventLoop | None) -> bool:
     return True if ready is None else len(ready) > 0
 
 
-def make_proxy(future: asyncio.Future[Any]) -> asyncio.Future[None]:
-    """A future of the same loop that is done when ``future`` is done, or
+class ProxyLink:
+    """Stand-ins for one asyncio future the app waits on.
+
+    The dispatcher's task doesn't wait on the app's future itself but on a
+    proxy: a future of the same loop, done when the app's future is done, or
     earlier when the dispatcher's channel is woken by a send from another task.
-
-    The dispatcher's task waits on it instead of on the app's own future, which
-    stays untouched (the app still waits on it).
+    Woken early, it waits again on a new proxy while the app keeps waiting on
+    its own future, untouched. One done-callback on that future settles
+    whichever proxy is current: a callback per proxy would pile up on it for
+    as long as the app waits (one per chunk of a long stream).
     """
-    proxy: asyncio.Future[None] = future.get_loop().create_future()
-    proxy._asyncio_future_blocking = True  # as a future yielded by ``await`` is
 
-    def settle(_: asyncio.Future[Any]) -> None:
-        if not proxy.done():
+    __slots__ = ("_loop", "_current")
+
+    def __init__(self, future: asyncio.Future[Any]) -> None:
+        self._loop = future.get_loop()
+        self._current: asyncio.Future[None] | None = None
+        future.add_done_callback(self._settle)
+
+    def proxy(self) -> asyncio.Future[None]:
+        """A new proxy, replacing the current one (which a wake-up used)."""
+        proxy: asyncio.Future[None] = self._loop.create_future()
+        proxy._asyncio_future_blocking = True  # as a future yielded by ``await`` is
+        self._current = proxy
+        return proxy
+
+    def _settle(self, _: asyncio.Future[Any]) -> None:
+        proxy, self._current = self._current, None
+        if proxy is not None and not proxy.done():
             proxy.set_result(None)
-
-    future.add_done_callback(settle)
-    return proxy
 
 
 def response_calls() -> tuple[CodeType, ...]:

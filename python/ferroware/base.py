@@ -12,7 +12,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from ferroware._core import Dispatcher, Hooks
 from ferroware._request import DispatchRequest, foreign_send, request_template
 from ferroware._response import CallNextResponse
-from ferroware._scheduling import checkpoint, make_proxy, others_ready, response_calls
+from ferroware._scheduling import ProxyLink, checkpoint, others_ready, response_calls
 from ferroware._scopes import asyncio_support, trio_scopes
 
 RequestResponseEndpoint = Callable[[Request], Awaitable[Response]]
@@ -27,7 +27,7 @@ HOOKS = Hooks(
     foreign_send=foreign_send,
     others_ready=others_ready,
     checkpoint=checkpoint,
-    make_proxy=make_proxy,
+    proxy_link=ProxyLink,
     asyncio_scopes=asyncio_support(),
     trio_scopes=trio_scopes,
     response_calls=response_calls(),
