@@ -29,9 +29,10 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 import anyio
-import sniffio
 
 from starlette.types import Message, Receive
+
+from ferroware._scheduling import running_asyncio_loop
 
 if TYPE_CHECKING:
     from ferroware._core import Channel
@@ -76,16 +77,6 @@ class _Parked:
         self.error: BaseException | None = None
 
 
-def _running_asyncio_loop() -> asyncio.AbstractEventLoop | None:
-    """The running asyncio loop; None under another library (trio)."""
-    try:
-        if sniffio.current_async_library() != "asyncio":
-            return None
-    except sniffio.AsyncLibraryNotFoundError:
-        return None
-    return asyncio.get_running_loop()
-
-
 class Handoff:
     """Per-request meeting point between foreign senders and waiting receives."""
 
@@ -93,7 +84,7 @@ class Handoff:
 
     def __init__(self) -> None:
         # Asked once per request: every send and receive of it runs on this loop.
-        self._loop = _running_asyncio_loop()
+        self._loop = running_asyncio_loop()
         self._parked: deque[_Parked] = deque()
         self._held: _Parked | None = None  # taken by the dispatcher, sender not yet released
         # The server receive the stepped task waits in (it can relay), and the
@@ -172,10 +163,7 @@ class ServerReceive:
         # On asyncio the dispatcher's task is woken through a proxy future
         # wherever the app waits (see ``ProxyLink``): the stepped task's waits
         # need no cancel scope there, which keeps body reads cheap.
-        try:
-            self.interrupt_stepped = sniffio.current_async_library() != "asyncio"
-        except sniffio.AsyncLibraryNotFoundError:
-            self.interrupt_stepped = True
+        self.interrupt_stepped = running_asyncio_loop() is None
 
     async def __call__(self) -> Message:
         channel = self.channel

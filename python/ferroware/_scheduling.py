@@ -15,6 +15,16 @@ from starlette.responses import FileResponse, Response, StreamingResponse
 from ferroware._core import YieldOnce
 
 
+def running_asyncio_loop() -> asyncio.AbstractEventLoop | None:
+    """The running asyncio loop; None under another library (trio)."""
+    try:
+        if sniffio.current_async_library() != "asyncio":
+            return None
+    except sniffio.AsyncLibraryNotFoundError:
+        return None
+    return asyncio.get_running_loop()
+
+
 def others_ready(loop: asyncio.AbstractEventLoop | None) -> bool:
     """True when another task is ready to run now (True when it can't be told).
 
@@ -24,13 +34,9 @@ def others_ready(loop: asyncio.AbstractEventLoop | None) -> bool:
     tasks of the batch it is running, so there we always yield.
     """
     if loop is None:
-        try:
-            library = sniffio.current_async_library()
-        except sniffio.AsyncLibraryNotFoundError:
+        loop = running_asyncio_loop()
+        if loop is None:
             return True
-        if library != "asyncio":
-            return True
-        loop = asyncio.get_running_loop()
     ready = getattr(loop, "_ready", None)
     # Only the stdlib loop exposes its ready queue; elsewhere, always yield.
     return True if ready is None else len(ready) > 0
