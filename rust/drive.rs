@@ -297,10 +297,9 @@ impl DriveCore {
                 None => channel.get().dispatcher.get().hooks.get().proxy_link.call1(py, (future,))?,
             };
             let proxy = link.call_method0(py, intern!(py, "proxy"))?;
-            let mut again = waiting.again(py);
-            again.link = Some(link);
-            again.proxy = Some(proxy.clone_ref(py));
-            channel.get().inner_mut(py).waiting = Some(again);
+            let future = waiting.future.clone_ref(py);
+            channel.get().inner_mut(py).waiting =
+                Some(Waiting { future, proxy: Some(proxy.clone_ref(py)), link: Some(link) });
             return Ok(Wait::Again(Outcome::Yield(proxy)));
         }
         // After the response: no more hand-offs, wait on the app's own future.

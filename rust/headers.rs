@@ -69,9 +69,15 @@ pub(crate) fn check_name(py: Python<'_>, name: &[u8]) -> PyResult<()> {
     Ok(())
 }
 
+/// A byte a field value must not contain: CR, LF or NUL could split the response.
+#[inline]
+pub(crate) fn splits_response(b: &u8) -> bool {
+    matches!(b, b'\r' | b'\n' | 0)
+}
+
 /// `ValueError` if `value` contains CR, LF or NUL (it could split the response).
 pub(crate) fn check_value(py: Python<'_>, name: &[u8], value: &[u8]) -> PyResult<()> {
-    if let Some(pos) = value.iter().position(|&b| b == b'\r' || b == b'\n' || b == 0) {
+    if let Some(pos) = value.iter().position(splits_response) {
         let what = match value[pos] {
             b'\r' => "CR (\\r)",
             b'\n' => "LF (\\n)",
@@ -99,7 +105,7 @@ fn check_field(py: Python<'_>, name: &Name<'_, '_>, value: &[u8]) -> PyResult<()
             !n.is_empty() && n.iter().all(|&b| TCHAR[b as usize])
         }
     };
-    let ok_value = !value.iter().any(|&b| b == b'\r' || b == b'\n' || b == 0);
+    let ok_value = !value.iter().any(splits_response);
     if ok_name && ok_value {
         return Ok(());
     }

@@ -14,7 +14,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyString, PyTuple};
 
 use super::{as_list, configured_name, first_value, latin1, put_fields, scope_headers, start_headers, to_latin1, value_bytes};
-use crate::headers::{check_value, pair_tuple, set_raw};
+use crate::headers::{check_value, pair_tuple, set_raw, splits_response};
 
 /// A new request id: a random (version 4) UUID as 32 lowercase hex digits,
 /// the format of Python's `uuid4().hex`.
@@ -240,7 +240,7 @@ impl RequestIdPolicy {
 
     fn accepts(&self, py: Python<'_>, value: &[u8]) -> PyResult<bool> {
         // Never echo what could split the response, whatever the validator says.
-        if value.iter().any(|&b| b == b'\r' || b == b'\n' || b == 0) {
+        if value.iter().any(splits_response) {
             return Ok(false);
         }
         match &self.validator {
