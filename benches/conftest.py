@@ -1,8 +1,9 @@
 """After a benchmark run, turn pytest-benchmark's timings into the figures
 that matter, all from this one run, printed after pytest-benchmark's tables:
-the header operations' speed-ups (benches/test_headers.py) and, for each case
-of benches/test_layers.py, the cost per layer (least-squares slope over the
-layer counts) and the ratios to stock and to pure ASGI. Also the event loop
+the header operations' speed-ups (benches/test_headers.py), for each case
+of benches/test_layers.py the cost per layer (least-squares slope over the
+layer counts) and the ratios to stock and to pure ASGI, and what layers cost
+behind uvicorn's protocol (benches/test_server_path.py). Also the event loop
 the benchmarks that serve requests share, one per module."""
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: p
     _builtins_summary(terminalreporter, session.benchmarks)
     _compression_summary(terminalreporter, session.benchmarks)
     _layer_summary(terminalreporter, session.benchmarks)
+    _server_path_summary(terminalreporter, session.benchmarks)
 
 
 def _header_ops_summary(terminalreporter: pytest.TerminalReporter, benchmarks: list) -> None:  # type: ignore[type-arg]
@@ -110,3 +112,25 @@ def _compression_summary(terminalreporter: pytest.TerminalReporter, benchmarks: 
     write("compression of a 100 KiB JSON response (best round):")
     for impl, seconds, size, raw in rows:
         write(f"  {impl:<17} {seconds * 1e3:7.2f} ms   {size:7,d} B ({size / raw:6.1%} of {raw:,d})")
+
+
+def _server_path_summary(terminalreporter: pytest.TerminalReporter, benchmarks: list) -> None:  # type: ignore[type-arg]
+    """benches/test_server_path.py: per implementation, the first layer's cost, each further
+    layer's, and the share of the 0-layer throughput kept at the deepest stack."""
+    per: dict[str, dict[int, float]] = {}
+    for bench in benchmarks:
+        extra = bench.extra_info
+        if extra and "server_impl" in extra and bench.stats.rounds:
+            per.setdefault(extra["server_impl"], {})[extra["layers"]] = bench.stats.min / extra["requests"]
+    write = terminalreporter.write_line
+    rows = [(impl, times) for impl, times in per.items() if len(times) >= 3 and 0 in times and 1 in times]
+    if not rows:
+        return
+    write("")
+    write("behind uvicorn's H11Protocol, in-process (best round, per request):")
+    for impl, times in rows:
+        deepest = max(times)
+        first = times[1] - times[0]
+        further = (times[deepest] - times[1]) / (deepest - 1)
+        write(f"  {impl:<10} 0 layers {times[0] * 1e6:6.1f} us   first layer {first * 1e6:5.2f} us   "
+              f"each further layer {further * 1e6:5.2f} us   kept at {deepest}: {times[0] / times[deepest]:.0%}")
