@@ -650,14 +650,7 @@ unsafe extern "C" fn drive_am_send(
     let outcome = match outcome {
         Ok(Ok(outcome)) => outcome,
         Ok(Err(err)) => Outcome::Raise(err),
-        Err(panic) => {
-            let message = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "panic in ferroware's dispatcher".to_string());
-            Outcome::Raise(pyo3::panic::PanicException::new_err(message))
-        }
+        Err(panic) => Outcome::Raise(panic_error(panic)),
     };
     match outcome {
         Outcome::Yield(value) => {
@@ -681,6 +674,18 @@ unsafe extern "C" fn drive_am_send(
     }
 }
 
+/// A panic caught at the `am_send` boundary, which PyO3 doesn't guard: the
+/// exception PyO3 raises for a panic elsewhere (`pyo3_runtime.PanicException`),
+/// with the panic's message, so it unwinds the awaiting coroutine like any error.
+fn panic_error(payload: Box<dyn std::any::Any + Send>) -> PyErr {
+    let message = payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "panic in ferroware's dispatcher".to_string());
+    pyo3::panic::PanicException::new_err(message)
+}
+
 pub fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Drive>()?;
     let tp = m.py().get_type::<Drive>().as_type_ptr();
@@ -694,4 +699,30 @@ pub fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pyo3::panic::PanicException;
+    use std::panic::{catch_unwind, panic_any};
+
+    #[test]
+    fn a_panic_becomes_a_panic_exception_with_its_message() {
+        Python::initialize();
+        Python::attach(|py| {
+            let formatted = catch_unwind(|| panic!("bad state {}", 7)).unwrap_err();
+            let literal = catch_unwind(|| panic!("bad state")).unwrap_err();
+            let other = catch_unwind(|| panic_any(7_u8)).unwrap_err();
+            for (payload, message) in [
+                (formatted, "bad state 7"),
+                (literal, "bad state"),
+                (other, "panic in ferroware's dispatcher"),
+            ] {
+                let err = panic_error(payload);
+                assert!(err.is_instance_of::<PanicException>(py));
+                assert_eq!(err.value(py).to_string(), message);
+            }
+        });
+    }
 }
