@@ -69,8 +69,10 @@ pub struct Hooks {
     /// and `info`, `background` and `_headers` (the cached `headers`) as None,
     /// found in the instance, not the class.
     pub response_shape: Py<PyDict>,
-    /// `foreign_send(channel, message) -> Awaitable[None]`, for a send the
-    /// channel can't take directly (another task's, or one after the response).
+    /// `foreign_send(channel, message, target) -> Awaitable[None]`, for a send
+    /// the channel can't take directly (another task's, or one after the
+    /// response). `target` is the server's `send` when the message may go
+    /// straight there from the sending task (`Channel::forward_target`).
     pub foreign_send: Py<PyAny>,
     /// `others_ready(loop) -> bool`: whether another task is ready to run
     /// (`loop`: the running asyncio loop if known, else None).
@@ -222,6 +224,13 @@ pub struct ChannelInner {
     pub(crate) tracking: bool,
     /// The app's own cancel scope it is suspended in, while dispatch runs.
     pub(crate) app_scope: Option<Py<PyAny>>,
+    /// The layer relays the response and waits for the app's next chunk.
+    pub(crate) awaiting_chunk: bool,
+    /// A chunk another task sent is on its way to the server from that task
+    /// (`forward_target`); our task, if woken meanwhile, first waits on
+    /// `forward_waiter` (made then), so two sends never overlap.
+    pub(crate) forwarding: bool,
+    pub(crate) forward_waiter: Option<Py<PyAny>>,
 }
 
 /// The app is suspended on `future` (asyncio); our task waits on `proxy`, which
@@ -358,6 +367,9 @@ impl Channel {
                 tracker: None,
                 tracking: false,
                 app_scope: None,
+                awaiting_chunk: false,
+                forwarding: false,
+                forward_waiter: None,
             }),
         }
     }
@@ -396,6 +408,7 @@ impl ChannelInner {
             self.waiting.take(),
             self.tracker.take(),
             self.app_scope.take(),
+            self.forward_waiter.take(),
         )
     }
 
@@ -450,8 +463,39 @@ impl Channel {
         // From another task, or after the response went out (then the Python
         // side discards it, with a checkpoint so a sending loop stays cancellable).
         drop(this);
+        let target = Channel::forward_target(slf);
         let hook = channel.dispatcher.get().hooks.get().foreign_send.clone_ref(py);
-        Ok(Sent::Other(hook.call1(py, (slf, message.into_asgi(py)?))?))
+        Ok(Sent::Other(hook.call1(py, (slf, message.into_asgi(py)?, target))?))
+    }
+
+    /// Where a body chunk sent from another task may go directly: the server's
+    /// `send`, if every layer from this one out relays its response and waits,
+    /// in a task suspended on the app's future (asyncio, see `Waiting`), for
+    /// the next chunk. Relayed by those layers, the chunk would reach the
+    /// server unchanged (`more_body=True`), leaving each layer as it was: sent
+    /// from the sending task instead, it takes no task switch, as with
+    /// pure-ASGI middleware. None when any layer is doing anything else.
+    fn forward_target(slf: &Bound<'_, Self>) -> Option<Py<PyAny>> {
+        let py = slf.py();
+        let parked_on_proxy = slf.get().try_inner(py).is_some_and(|this| this.waiting.is_some());
+        if !parked_on_proxy {
+            return None;
+        }
+        let mut channel = slf.clone();
+        loop {
+            let ready = channel.get().try_inner(py).is_some_and(|this| {
+                this.state == State::Started && this.awaiting_chunk && !this.stepping && !this.forwarding
+            });
+            if !ready {
+                return None;
+            }
+            let send = channel.get().send.bind(py).clone();
+            let upper = match send.cast::<Channel>() {
+                Ok(upper) => upper.clone(),
+                Err(_) => return Some(send.unbind()),
+            };
+            channel = upper;
+        }
     }
 
     /// Starts the downstream app: `app(scope, receive, channel)`, or straight
@@ -554,6 +598,27 @@ impl Channel {
     #[setter]
     fn set_handoff(&self, py: Python<'_>, handoff: Py<PyAny>) {
         self.inner_mut(py).handoff = Some(handoff);
+    }
+
+    /// A chunk is being sent from another task straight to `forward_target`.
+    fn begin_forward(&self, py: Python<'_>) {
+        self.inner_mut(py).forwarding = true;
+    }
+
+    /// That send is over: our task, if it waited for it, goes on.
+    fn end_forward(&self, py: Python<'_>) -> PyResult<()> {
+        let waiter = {
+            let mut this = self.inner_mut(py);
+            this.forwarding = false;
+            this.forward_waiter.take()
+        };
+        if let Some(waiter) = waiter {
+            let waiter = waiter.bind(py);
+            if !waiter.call_method0(intern!(py, "done"))?.is_truthy()? {
+                waiter.call_method1(intern!(py, "set_result"), (py.None(),))?;
+            }
+        }
+        Ok(())
     }
 
     /// Wakes our task if it waits on a proxy for the app's future; True if it did.

@@ -237,6 +237,9 @@ impl Layer {
                 }
                 None => Err(PyRuntimeError::new_err("ferroware: layer lost its place")),
             };
+            if self.phase == Phase::NextChunk && !matches!(stepped, Ok(Step::Yield(_))) {
+                self.channel().get().inner_mut(py).awaiting_chunk = false;
+            }
             // What the finished sub-step leads to; an error in that work is
             // handled like one from the sub-step (the app gets unwound).
             let outcome = match stepped {
@@ -480,9 +483,12 @@ impl Layer {
         self.await_send(py, first)
     }
 
-    fn next_chunk(&mut self, _py: Python<'_>) -> PyResult<bool> {
+    fn next_chunk(&mut self, py: Python<'_>) -> PyResult<bool> {
         self.sub = Some(Sub::App(DriveCore::new(Goal::Body)));
         self.phase = Phase::NextChunk;
+        // Chunks from another task may now go to the server directly
+        // (`Channel::forward_target`), until this sub-step ends.
+        self.channel().get().inner_mut(py).awaiting_chunk = true;
         Ok(true)
     }
 

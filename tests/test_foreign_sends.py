@@ -159,23 +159,32 @@ async def test_a_parked_sender_cancelled_while_waiting_leaves_the_handoff_usable
         handoff.release(None)  # wakes the sender, which then returns
 
 
+async def pass_through(request: Request, call_next: CallNext) -> Response:
+    return await call_next(request)
+
+
+async def restream(request: Request, call_next: CallNext) -> Response:
+    """Reads the body itself, so the layer doesn't relay: every chunk is taken
+    by the middleware's task."""
+    response = await call_next(request)
+    return StreamingResponse(response.body_iterator)
+
+
+@pytest.mark.parametrize("dispatch", [pass_through, restream])
 @pytest.mark.anyio
-async def test_a_long_stream_from_a_task_piles_nothing_up_per_chunk(anyio_backend: str) -> None:
+async def test_a_long_stream_from_a_task_piles_nothing_up_per_chunk(anyio_backend: str, dispatch: Any) -> None:
     """Starlette's ``StreamingResponse`` on ASGI 2.3 sends every chunk from a
     task while its main task waits in ``receive``. On asyncio the dispatcher
-    waits on a proxy of that wait, a new one after each chunk; the proxies must
-    not each leave a callback on the future the app waits on (they would pile
-    up for as long as the stream lasts)."""
+    waits on a proxy of that wait, a new one after each chunk taken in its own
+    task; the proxies must not each leave a callback on the future the app
+    waits on (they would pile up for as long as the stream lasts)."""
     chunks = 300
 
     async def numbers() -> AsyncIterator[bytes]:
         for i in range(chunks):
             yield b"%d;" % i
 
-    async def pass_through(request: Request, call_next: CallNext) -> Response:
-        return await call_next(request)
-
-    app = BaseHTTPMiddleware(StreamingResponse(numbers()), dispatch=pass_through)
+    app = BaseHTTPMiddleware(StreamingResponse(numbers()), dispatch=dispatch)
     sent: list[Message] = []
     callbacks_at_end: list[int] = []
     waiting: asyncio.Future[None] | None = None
@@ -205,3 +214,100 @@ async def test_a_long_stream_from_a_task_piles_nothing_up_per_chunk(anyio_backen
     assert len(sent) == chunks + 2  # start, a message per chunk, the empty final one
     if anyio_backend == "asyncio":
         assert callbacks_at_end and callbacks_at_end[0] <= 2
+
+
+async def _serve_recording_tasks(app: Any) -> list[tuple[Message, bool]]:
+    """One request on ASGI spec 2.3 (asyncio): each message the server got, and
+    whether the request's own task sent it."""
+    sent: list[tuple[Message, bool]] = []
+    done = asyncio.Event()
+    request_task = asyncio.current_task()
+
+    async def receive() -> Message:
+        await done.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: Message) -> None:
+        sent.append((message, asyncio.current_task() is request_task))
+        if message["type"] == "http.response.body" and not message.get("more_body", False):
+            done.set()
+
+    scope = {"type": "http", "method": "GET", "path": "/", "headers": [], "asgi": {"spec_version": "2.3"}}
+    async with asyncio.timeout(2):
+        await app(scope, receive, send)
+    return sent
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"], indirect=True)
+@pytest.mark.parametrize("layers", [1, 3])
+@pytest.mark.anyio
+async def test_chunks_sent_from_a_task_go_to_the_server_from_that_task(layers: int) -> None:
+    """While every layer just relays the response, a chunk that Starlette's
+    ``StreamingResponse`` sends from its task (ASGI 2.3) goes to the server from
+    that task, as through pure-ASGI middleware, instead of being handed to the
+    middleware's task and back; the server gets Starlette's exact messages."""
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for i in range(3):
+            yield f"chunk {i};".encode()
+
+    def build(middleware_cls: type) -> Any:
+        app: Any = StreamingResponse(chunks(), media_type="text/plain")
+        for _ in range(layers):
+            app = middleware_cls(app, dispatch=add_header)
+        return app
+
+    stock = [message for message, _ in await _serve_recording_tasks(build(StockBaseHTTPMiddleware))]
+    ours = await _serve_recording_tasks(build(BaseHTTPMiddleware))
+    assert [message for message, _ in ours] == stock
+    assert [(m.get("body"), by_request_task) for m, by_request_task in ours[1:]] == [
+        (b"chunk 0;", False),
+        (b"chunk 1;", False),
+        (b"chunk 2;", False),
+        (b"", True),  # the end of the body goes through the layers, in the request's task
+    ]
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"], indirect=True)
+@pytest.mark.parametrize("layers", [1, 3])
+@pytest.mark.anyio
+async def test_a_send_made_while_a_chunk_is_on_its_way_from_another_task_waits_for_it(layers: int) -> None:
+    """The app's main task sends while a chunk from its child task is still in
+    the server's ``send`` (held up, as under backpressure): the server must
+    never get two sends at once, and gets them in the order they were made."""
+    in_flight = 0
+    most_in_flight = 0
+
+    async def slow_send_to(send: Send, message: Message) -> None:
+        nonlocal in_flight, most_in_flight
+        in_flight += 1
+        most_in_flight = max(most_in_flight, in_flight)
+        try:
+            if message.get("body") == b"from the child":
+                await asyncio.sleep(0.02)
+            await send(message)
+        finally:
+            in_flight -= 1
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+
+        async def child() -> None:
+            await send({"type": "http.response.body", "body": b"from the child", "more_body": True})
+
+        task = asyncio.get_running_loop().create_task(child())
+        await asyncio.sleep(0.005)  # wakes while the child's chunk is held up in the server
+        await send({"type": "http.response.body", "body": b"from the main task", "more_body": True})
+        await task
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    ours: Any = app
+    for _ in range(layers):
+        ours = BaseHTTPMiddleware(ours, dispatch=add_header)
+
+    async def server(scope: Scope, receive: Receive, send: Send) -> None:
+        await ours(scope, receive, lambda message: slow_send_to(send, message))
+
+    sent = [message for message, _ in await _serve_recording_tasks(server)]
+    assert most_in_flight == 1
+    assert [m.get("body") for m in sent[1:]] == [b"from the child", b"from the main task", b""]

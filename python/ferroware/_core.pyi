@@ -21,7 +21,7 @@ class Hooks:
         request_cls: type,
         request_template: dict[str, Any] | None,
         response_cls: type,
-        foreign_send: Callable[[Channel, Message], Awaitable[None]],
+        foreign_send: Callable[[Channel, Message, Send | None], Awaitable[None]],
         others_ready: Callable[[Any], bool],
         checkpoint: Callable[[], Awaitable[None]],
         proxy_link: Callable[[Any], Any],
@@ -76,6 +76,8 @@ class Channel:
     @property
     def stepping(self) -> bool: ...
     def wake(self) -> bool: ...
+    def begin_forward(self) -> None: ...
+    def end_forward(self) -> None: ...
     handoff: Any
 
 @final
