@@ -71,8 +71,8 @@ pub struct Hooks {
     pub response_shape: Py<PyDict>,
     /// `foreign_send(channel, message, target) -> Awaitable[None]`, for a send
     /// the channel can't take directly (another task's, or one after the
-    /// response). `target` is the server's `send` when the message may go
-    /// straight there from the sending task (`Channel::forward_target`).
+    /// response). `target` is where the message may go straight from the
+    /// sending task (`Channel::forward_target`), else None.
     pub foreign_send: Py<PyAny>,
     /// `others_ready(loop) -> bool`: whether another task is ready to run
     /// (`loop`: the running asyncio loop if known, else None).
@@ -468,13 +468,14 @@ impl Channel {
         Ok(Sent::Other(hook.call1(py, (slf, message.into_asgi(py)?, target))?))
     }
 
-    /// Where a body chunk sent from another task may go directly: the server's
-    /// `send`, if every layer from this one out relays its response and waits,
-    /// in a task suspended on the app's future (asyncio, see `Waiting`), for
-    /// the next chunk. Relayed by those layers, the chunk would reach the
-    /// server unchanged (`more_body=True`), leaving each layer as it was: sent
-    /// from the sending task instead, it takes no task switch, as with
-    /// pure-ASGI middleware. None when any layer is doing anything else.
+    /// Where a body chunk sent from another task may go directly: the first
+    /// `send` out of this run of ferroware layers (the server's, or a
+    /// pure-ASGI layer's), if every layer of the run relays its response and
+    /// waits, in a task suspended on the app's future (asyncio, see
+    /// `Waiting`), for the next chunk. Relayed by those layers, the chunk would
+    /// reach that `send` unchanged (`more_body=True`), leaving each layer as it
+    /// was: sent from the sending task instead, it takes no task switch, as
+    /// with pure-ASGI middleware. None when any layer is doing anything else.
     fn forward_target(slf: &Bound<'_, Self>) -> Option<Py<PyAny>> {
         let py = slf.py();
         let parked_on_proxy = slf.get().try_inner(py).is_some_and(|this| this.waiting.is_some());

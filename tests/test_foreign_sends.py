@@ -238,14 +238,31 @@ async def _serve_recording_tasks(app: Any) -> list[tuple[Message, bool]]:
     return sent
 
 
+class PureHeader:
+    """A hand-written pure-ASGI layer that adds a header, between dispatch layers."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def send_with_header(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message["headers"], (b"x-pure", b"1")]
+            await send(message)
+
+        await self.app(scope, receive, send_with_header)
+
+
 @pytest.mark.parametrize("anyio_backend", ["asyncio"], indirect=True)
-@pytest.mark.parametrize("layers", [1, 3])
+@pytest.mark.parametrize("stack", ["dispatch", "dispatch x3", "dispatch, pure, dispatch x2"])
 @pytest.mark.anyio
-async def test_chunks_sent_from_a_task_go_to_the_server_from_that_task(layers: int) -> None:
+async def test_chunks_sent_from_a_task_go_to_the_server_from_that_task(stack: str) -> None:
     """While every layer just relays the response, a chunk that Starlette's
     ``StreamingResponse`` sends from its task (ASGI 2.3) goes to the server from
     that task, as through pure-ASGI middleware, instead of being handed to the
-    middleware's task and back; the server gets Starlette's exact messages."""
+    middleware's task and back (through a pure-ASGI layer in between too: it
+    hands the chunk to the run of layers above it, which forwards it again);
+    the server gets Starlette's exact messages."""
 
     async def chunks() -> AsyncIterator[bytes]:
         for i in range(3):
@@ -253,8 +270,9 @@ async def test_chunks_sent_from_a_task_go_to_the_server_from_that_task(layers: i
 
     def build(middleware_cls: type) -> Any:
         app: Any = StreamingResponse(chunks(), media_type="text/plain")
-        for _ in range(layers):
-            app = middleware_cls(app, dispatch=add_header)
+        # Innermost first.
+        for kind in {"dispatch": ["d"], "dispatch x3": ["d"] * 3, "dispatch, pure, dispatch x2": ["d", "p", "d", "d"]}[stack]:
+            app = middleware_cls(app, dispatch=add_header) if kind == "d" else PureHeader(app)
         return app
 
     stock = [message for message, _ in await _serve_recording_tasks(build(StockBaseHTTPMiddleware))]

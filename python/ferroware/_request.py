@@ -139,10 +139,12 @@ async def foreign_send(channel: Channel, message: Message, target: Send | None) 
     """The compiled dispatcher's hook for a send it can't take directly: one
     from another task, or one after the middleware's response went out.
 
-    ``target`` is the server's ``send`` when every layer is just relaying the
-    response and waiting for the next chunk (``Channel.forward_target``): a
-    chunk that isn't the last then goes there from this task, as the layers
-    would have sent it, with no switch to the middleware's task and back.
+    ``target`` is the ``send`` beyond this run of ferroware layers (the
+    server's, or a pure-ASGI layer's) when every layer of the run is just
+    relaying the response and waiting for the next chunk
+    (``Channel.forward_target``): a chunk that isn't the last then goes there
+    from this task, as the layers would have sent it, with no switch to the
+    middleware's task and back.
     Anything else is parked for the middleware's task to take in order.
     """
     if channel.response_sent:
