@@ -13,7 +13,7 @@
 //! stepping, so it goes to the Python hook, which hands the message over
 //! through the app's pending `receive` (see `ferroware._handoff`).
 
-use pyo3::exceptions::PyRuntimeError;
+use pyo3::exceptions::{PyBaseException, PyRuntimeError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString, PyTuple, PyType};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -226,11 +226,16 @@ pub struct ChannelInner {
     pub(crate) app_scope: Option<Py<PyAny>>,
     /// The layer relays the response and waits for the app's next chunk.
     pub(crate) awaiting_chunk: bool,
-    /// A chunk another task sent is on its way to the server from that task
-    /// (`forward_target`); our task, if woken meanwhile, first waits on
-    /// `forward_waiter` (made then), so two sends never overlap.
+    /// A chunk another task sent is on its way from that task through this
+    /// layer's `send` (`forward_target`): a send of the layer's own waits on
+    /// `forward_waiter` (made then) until it is through, so two sends never
+    /// overlap. Set on every channel of the run the chunk goes past.
     pub(crate) forwarding: bool,
     pub(crate) forward_waiter: Option<Py<PyAny>>,
+    /// Such a send failed: the layer must not end the body as if it had gone
+    /// out (the server would close a body missing a chunk), but fail as when
+    /// its own send fails.
+    pub(crate) forward_error: Option<PyErr>,
 }
 
 /// The app is suspended on `future` (asyncio); our task waits on `proxy`, which
@@ -370,6 +375,7 @@ impl Channel {
                 awaiting_chunk: false,
                 forwarding: false,
                 forward_waiter: None,
+                forward_error: None,
             }),
         }
     }
@@ -409,6 +415,7 @@ impl ChannelInner {
             self.tracker.take(),
             self.app_scope.take(),
             self.forward_waiter.take(),
+            self.forward_error.take(),
         )
     }
 
@@ -482,20 +489,26 @@ impl Channel {
         if !parked_on_proxy {
             return None;
         }
-        let mut channel = slf.clone();
-        loop {
-            let ready = channel.get().try_inner(py).is_some_and(|this| {
+        let mut ready = true;
+        let beyond = Channel::run_outwards(slf, |channel| {
+            ready &= channel.try_inner(py).is_some_and(|this| {
                 this.state == State::Started && this.awaiting_chunk && !this.stepping && !this.forwarding
             });
-            if !ready {
-                return None;
+        });
+        ready.then(|| beyond.unbind())
+    }
+
+    /// Calls `each` on every channel of the run of ferroware layers out from
+    /// this one, this one first; returns the `send` beyond the run.
+    fn run_outwards<'py>(slf: &Bound<'py, Self>, mut each: impl FnMut(&Channel)) -> Bound<'py, PyAny> {
+        let mut channel = slf.clone();
+        loop {
+            each(channel.get());
+            let send = channel.get().send.bind(slf.py()).clone();
+            match send.cast::<Channel>() {
+                Ok(upper) => channel = upper.clone(),
+                Err(_) => return send,
             }
-            let send = channel.get().send.bind(py).clone();
-            let upper = match send.cast::<Channel>() {
-                Ok(upper) => upper.clone(),
-                Err(_) => return Some(send.unbind()),
-            };
-            channel = upper;
         }
     }
 
@@ -602,18 +615,28 @@ impl Channel {
     }
 
     /// A chunk is being sent from another task straight to `forward_target`.
-    fn begin_forward(&self, py: Python<'_>) {
-        self.inner_mut(py).forwarding = true;
+    fn begin_forward(slf: &Bound<'_, Self>) {
+        Channel::run_outwards(slf, |channel| channel.inner_mut(slf.py()).forwarding = true);
     }
 
-    /// That send is over: our task, if it waited for it, goes on.
-    fn end_forward(&self, py: Python<'_>) -> PyResult<()> {
-        let waiter = {
-            let mut this = self.inner_mut(py);
+    /// That send raised `error`: every layer of the run fails with it when its
+    /// wait for the next chunk ends, as if its own send had raised it.
+    fn forward_failed(slf: &Bound<'_, Self>, error: Bound<'_, PyBaseException>) {
+        Channel::run_outwards(slf, |channel| {
+            channel.inner_mut(slf.py()).forward_error = Some(PyErr::from_value(error.clone().into_any()));
+        });
+    }
+
+    /// That send is over: a layer's own send that waited for it goes on.
+    fn end_forward(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let mut waiters = Vec::new();
+        Channel::run_outwards(slf, |channel| {
+            let mut this = channel.inner_mut(py);
             this.forwarding = false;
-            this.forward_waiter.take()
-        };
-        if let Some(waiter) = waiter {
+            waiters.extend(this.forward_waiter.take());
+        });
+        for waiter in waiters {
             let waiter = waiter.bind(py);
             if !waiter.call_method0(intern!(py, "done"))?.is_truthy()? {
                 waiter.call_method1(intern!(py, "set_result"), (py.None(),))?;

@@ -270,17 +270,6 @@ impl DriveCore {
             release_held(channel, None)?;
             return Ok(Wait::ResumeApp(Input::Throw(err)));
         }
-        if channel.get().inner(py).forwarding {
-            // A chunk from another task is on its way to the server from there
-            // (`Channel::forward_target`): nothing of ours may send until it
-            // is through. Wait for it, then look again.
-            let waiter = future.call_method0(intern!(py, "get_loop"))?.call_method0(intern!(py, "create_future"))?;
-            waiter.setattr(intern!(py, "_asyncio_future_blocking"), true)?;
-            let mut this = channel.get().inner_mut(py);
-            this.forward_waiter = Some(waiter.clone().unbind());
-            this.waiting = Some(waiting);
-            return Ok(Wait::Again(Outcome::Yield(waiter.unbind())));
-        }
         if future.call_method0(intern!(py, "done"))?.is_truthy()? {
             release_held(channel, None)?;
             return Ok(Wait::ResumeApp(Input::none(py)));

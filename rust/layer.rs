@@ -57,6 +57,8 @@ enum Step {
     Return(Py<PyAny>),
     /// The app's body is over.
     BodyEnd,
+    /// A send held back behind a chunk forwarded from another task can go now.
+    Resend(Message),
 }
 
 /// What the layer awaits right now.
@@ -68,6 +70,10 @@ enum Sub {
     Pause { pause: Py<Pause>, yielded: bool },
     /// The downstream app, stepped in place by a drive core.
     App(DriveCore),
+    /// A send of ours held back until a chunk that another task is sending
+    /// through our `send` has got through (`Channel::forward_target`): wait
+    /// on `waiter`, then send `message`.
+    AfterForward { waiter: Py<PyAny>, message: Option<Message>, yielded: bool },
 }
 
 /// `await dispatcher(scope, receive, send)`: the awaitable for one request
@@ -235,11 +241,32 @@ impl Layer {
                         Outcome::Raise(err) => Err(err),
                     }
                 }
+                Some(Sub::AfterForward { waiter, message, yielded }) => {
+                    if *yielded {
+                        match (input, message.take()) {
+                            (Input::Send(_), Some(message)) => Ok(Step::Resend(message)),
+                            (Input::Throw(err), _) => Err(err),
+                            (Input::Send(_), None) => Err(PyRuntimeError::new_err("ferroware: a held-back send was lost")),
+                        }
+                    } else {
+                        *yielded = true;
+                        Ok(Step::Yield(waiter.clone_ref(py)))
+                    }
+                }
                 None => Err(PyRuntimeError::new_err("ferroware: layer lost its place")),
             };
-            if self.phase == Phase::NextChunk && !matches!(stepped, Ok(Step::Yield(_))) {
-                self.channel().get().inner_mut(py).awaiting_chunk = false;
-            }
+            let stepped = if self.phase == Phase::NextChunk && !matches!(stepped, Ok(Step::Yield(_))) {
+                let mut channel = self.channel().get().inner_mut(py);
+                channel.awaiting_chunk = false;
+                // A chunk that went to the server from another task failed there:
+                // fail as when our own send of it fails.
+                match channel.forward_error.take() {
+                    Some(err) => Err(err),
+                    None => stepped,
+                }
+            } else {
+                stepped
+            };
             // What the finished sub-step leads to; an error in that work is
             // handled like one from the sub-step (the app gets unwound).
             let outcome = match stepped {
@@ -251,6 +278,10 @@ impl Layer {
                 Ok(Step::BodyEnd) => {
                     self.sub = None;
                     self.body_ended(py)
+                }
+                Ok(Step::Resend(message)) => {
+                    self.sub = None;
+                    self.await_send(py, message)
                 }
                 Err(err) => {
                     self.sub = None;
@@ -495,6 +526,10 @@ impl Layer {
     /// Sends `message` through the layer's own `send`: as fields when that is a
     /// ferroware channel, as an ASGI dict otherwise.
     fn await_send(&mut self, py: Python<'_>, message: Message) -> PyResult<bool> {
+        if let Some(waiter) = self.forward_in_flight(py)? {
+            self.sub = Some(Sub::AfterForward { waiter, message: Some(message), yielded: false });
+            return Ok(true);
+        }
         let send = self.send.bind(py);
         self.sub = Some(match send.cast::<Channel>() {
             Ok(channel) => match Channel::send_message(channel, message)? {
@@ -504,6 +539,21 @@ impl Layer {
             Err(_) => Sub::Py(awaitable_iter(&send.call1((message.into_asgi(py)?,))?)?),
         });
         Ok(true)
+    }
+
+    /// When a chunk from another task is on its way through our `send`, a
+    /// future that is done once it got through (else None).
+    fn forward_in_flight(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
+        let channel = self.channel().get();
+        if !channel.inner(py).forwarding {
+            return Ok(None);
+        }
+        // Only asyncio forwards (see `forward_target`), and seldom: asked here.
+        let event_loop = py.import(intern!(py, "asyncio"))?.call_method0(intern!(py, "get_running_loop"))?;
+        let waiter = event_loop.call_method0(intern!(py, "create_future"))?;
+        waiter.setattr(intern!(py, "_asyncio_future_blocking"), true)?;
+        channel.inner_mut(py).forward_waiter = Some(waiter.clone().unbind());
+        Ok(Some(waiter.unbind()))
     }
 
     fn background(&mut self, py: Python<'_>) -> PyResult<bool> {

@@ -329,3 +329,102 @@ async def test_a_send_made_while_a_chunk_is_on_its_way_from_another_task_waits_f
     sent = [message for message, _ in await _serve_recording_tasks(server)]
     assert most_in_flight == 1
     assert [m.get("body") for m in sent[1:]] == [b"from the child", b"from the main task", b""]
+
+
+async def _streaming_through(middleware_cls: type, layers: int, send: Send) -> None:
+    """A 5-chunk ``StreamingResponse`` behind ``layers`` header layers, on ASGI 2.3."""
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for i in range(5):
+            yield b"c%d" % i
+
+    app: Any = StreamingResponse(chunks())
+    for _ in range(layers):
+        app = middleware_cls(app, dispatch=add_header)
+    done = asyncio.Event()
+
+    async def receive() -> Message:
+        await done.wait()
+        return {"type": "http.disconnect"}
+
+    scope = {"type": "http", "method": "GET", "path": "/", "headers": [], "asgi": {"spec_version": "2.3"}}
+    async with asyncio.timeout(2):
+        await app(scope, receive, send)
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"], indirect=True)
+@pytest.mark.parametrize("layers", [1, 3])
+@pytest.mark.anyio
+async def test_a_server_send_failing_for_a_chunk_from_another_task_fails_the_response_as_in_starlette(
+    layers: int,
+) -> None:
+    """The server's ``send`` raises for a chunk that went there from the app's
+    task: the error comes out of the middleware as with Starlette, and nothing
+    more is sent (an end of the body after it would let a server close a body
+    missing that chunk as if it were whole)."""
+
+    async def serve(middleware_cls: type) -> tuple[BaseException, list[Any]]:
+        bodies: list[Any] = []
+
+        async def send(message: Message) -> None:
+            bodies.append(message.get("body"))
+            if message.get("body") == b"c2":
+                raise OSError("connection reset")
+
+        with pytest.raises(OSError) as caught:
+            await _streaming_through(middleware_cls, layers, send)
+        return caught.value, bodies
+
+    stock_error, stock_bodies = await serve(StockBaseHTTPMiddleware)
+    error, bodies = await serve(BaseHTTPMiddleware)
+    assert bodies == stock_bodies == [None, b"c0", b"c1", b"c2"]
+    assert str(error) == str(stock_error) == "connection reset"
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"], indirect=True)
+@pytest.mark.parametrize("layers", [1, 3])
+@pytest.mark.anyio
+async def test_a_chunk_from_another_task_cancelled_in_the_server_fails_the_response(layers: int) -> None:
+    """The app cancels its sending task while that task's chunk is still in the
+    server's ``send`` (held up, as under backpressure): the chunk may not have
+    gone out, so the layers must not end the body as if it had. The middleware
+    fails with an error that says so, and nothing more is sent."""
+    from ferroware._request import INTERRUPTED_CHUNK
+
+    bodies: list[Any] = []
+    held_up = asyncio.Event()
+
+    async def send(message: Message) -> None:
+        bodies.append(message.get("body"))
+        if message.get("body") == b"held up":
+            held_up.set()
+            await asyncio.sleep(10)
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+
+        async def child() -> None:
+            await send({"type": "http.response.body", "body": b"held up", "more_body": True})
+
+        task = asyncio.get_running_loop().create_task(child())
+        await held_up.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    ours: Any = app
+    for _ in range(layers):
+        ours = BaseHTTPMiddleware(ours, dispatch=add_header)
+    scope = {"type": "http", "method": "GET", "path": "/", "headers": [], "asgi": {"spec_version": "2.3"}}
+
+    async def receive() -> Message:
+        await asyncio.sleep(10)
+        return {"type": "http.disconnect"}
+
+    with pytest.raises(RuntimeError, match="interrupted on its way to the server") as caught:
+        async with asyncio.timeout(2):
+            await ours(scope, receive, send)
+    assert str(caught.value) == INTERRUPTED_CHUNK
+    assert isinstance(caught.value.__cause__, asyncio.CancelledError)
+    assert bodies == [None, b"held up"]

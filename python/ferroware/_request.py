@@ -157,10 +157,25 @@ async def foreign_send(channel: Channel, message: Message, target: Send | None) 
         channel.begin_forward()
         try:
             await target({"type": "http.response.body", "body": message["body"], "more_body": True})
+        except Exception as exc:
+            # The layers fail with it, as when their own send of the chunk fails.
+            channel.forward_failed(exc)
+            raise
+        except BaseException as exc:  # cancelled in the server: the chunk may not have gone out
+            interrupted = RuntimeError(INTERRUPTED_CHUNK)
+            interrupted.__cause__ = exc
+            channel.forward_failed(interrupted)
+            raise
         finally:
             channel.end_forward()
         return
     await Handoff.of(channel).send(channel, message)
+
+
+INTERRUPTED_CHUNK = (
+    "a response body chunk sent from another task was interrupted on its way to the server "
+    "(that task was cancelled): the response can't be completed"
+)
 
 
 def _middle_chunk(message: Message) -> bool:
