@@ -135,6 +135,12 @@ def request_template() -> dict[str, Any] | None:
     return {name: value for name, value in fields.items() if getattr(DispatchRequest, name, _MISSING) != value}
 
 
+INTERRUPTED_CHUNK = (
+    "a response body chunk sent from another task was interrupted on its way to the server "
+    "(that task was cancelled): the response can't be completed"
+)
+
+
 async def foreign_send(channel: Channel, message: Message, target: Send | None) -> None:
     """The compiled dispatcher's hook for a send it can't take directly: one
     from another task, or one after the middleware's response went out.
@@ -170,12 +176,6 @@ async def foreign_send(channel: Channel, message: Message, target: Send | None) 
             channel.end_forward()
         return
     await Handoff.of(channel).send(channel, message)
-
-
-INTERRUPTED_CHUNK = (
-    "a response body chunk sent from another task was interrupted on its way to the server "
-    "(that task was cancelled): the response can't be completed"
-)
 
 
 def _middle_chunk(message: Message) -> bool:
