@@ -13,7 +13,7 @@
 //! stepping, so it goes to the Python hook, which hands the message over
 //! through the app's pending `receive` (see `ferroware._handoff`).
 
-use pyo3::exceptions::{PyBaseException, PyRuntimeError};
+use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString, PyTuple, PyType};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -69,10 +69,9 @@ pub struct Hooks {
     /// and `info`, `background` and `_headers` (the cached `headers`) as None,
     /// found in the instance, not the class.
     pub response_shape: Py<PyDict>,
-    /// `foreign_send(channel, message, target) -> Awaitable[None]`, for a send
-    /// the channel can't take directly (another task's, or one after the
-    /// response). `target` is where the message may go straight from the
-    /// sending task (`Channel::forward_target`), else None.
+    /// `foreign_send(channel, message) -> Awaitable[None]`, for a send the
+    /// channel can't take directly (another task's, or one after the response)
+    /// and can't forward either (`forward::try_forward`).
     pub foreign_send: Py<PyAny>,
     /// `others_ready(loop) -> bool`: whether another task is ready to run
     /// (`loop`: the running asyncio loop if known, else None).
@@ -227,7 +226,7 @@ pub struct ChannelInner {
     /// The layer relays the response and waits for the app's next chunk.
     pub(crate) awaiting_chunk: bool,
     /// A chunk another task sent is on its way from that task through this
-    /// layer's `send` (`forward_target`): a send of the layer's own waits on
+    /// layer's `send` (`forward`): a send of the layer's own waits on
     /// `forward_waiter` (made then) until it is through, so two sends never
     /// overlap. Set on every channel of the run the chunk goes past.
     pub(crate) forwarding: bool,
@@ -470,37 +469,16 @@ impl Channel {
         // From another task, or after the response went out (then the Python
         // side discards it, with a checkpoint so a sending loop stays cancellable).
         drop(this);
-        let target = Channel::forward_target(slf);
-        let hook = channel.dispatcher.get().hooks.get().foreign_send.clone_ref(py);
-        Ok(Sent::Other(hook.call1(py, (slf, message.into_asgi(py)?, target))?))
-    }
-
-    /// Where a body chunk sent from another task may go directly: the first
-    /// `send` out of this run of ferroware layers (the server's, or a
-    /// pure-ASGI layer's), if every layer of the run relays its response and
-    /// waits, in a task suspended on the app's future (asyncio, see
-    /// `Waiting`), for the next chunk. Relayed by those layers, the chunk would
-    /// reach that `send` unchanged (`more_body=True`), leaving each layer as it
-    /// was: sent from the sending task instead, it takes no task switch, as
-    /// with pure-ASGI middleware. None when any layer is doing anything else.
-    fn forward_target(slf: &Bound<'_, Self>) -> Option<Py<PyAny>> {
-        let py = slf.py();
-        let parked_on_proxy = slf.get().try_inner(py).is_some_and(|this| this.waiting.is_some());
-        if !parked_on_proxy {
-            return None;
+        if let Some(forward) = crate::forward::try_forward(slf, &message)? {
+            return Ok(Sent::Other(forward));
         }
-        let mut ready = true;
-        let beyond = Channel::run_outwards(slf, |channel| {
-            ready &= channel.try_inner(py).is_some_and(|this| {
-                this.state == State::Started && this.awaiting_chunk && !this.stepping && !this.forwarding
-            });
-        });
-        ready.then(|| beyond.unbind())
+        let hook = channel.dispatcher.get().hooks.get().foreign_send.clone_ref(py);
+        Ok(Sent::Other(hook.call1(py, (slf, message.into_asgi(py)?))?))
     }
 
     /// Calls `each` on every channel of the run of ferroware layers out from
     /// this one, this one first; returns the `send` beyond the run.
-    fn run_outwards<'py>(slf: &Bound<'py, Self>, mut each: impl FnMut(&Channel)) -> Bound<'py, PyAny> {
+    pub fn run_outwards<'py>(slf: &Bound<'py, Self>, mut each: impl FnMut(&Channel)) -> Bound<'py, PyAny> {
         let mut channel = slf.clone();
         loop {
             each(channel.get());
@@ -612,37 +590,6 @@ impl Channel {
     #[setter]
     fn set_handoff(&self, py: Python<'_>, handoff: Py<PyAny>) {
         self.inner_mut(py).handoff = Some(handoff);
-    }
-
-    /// A chunk is being sent from another task straight to `forward_target`.
-    fn begin_forward(slf: &Bound<'_, Self>) {
-        Channel::run_outwards(slf, |channel| channel.inner_mut(slf.py()).forwarding = true);
-    }
-
-    /// That send raised `error`: every layer of the run fails with it when its
-    /// wait for the next chunk ends, as if its own send had raised it.
-    fn forward_failed(slf: &Bound<'_, Self>, error: Bound<'_, PyBaseException>) {
-        Channel::run_outwards(slf, |channel| {
-            channel.inner_mut(slf.py()).forward_error = Some(PyErr::from_value(error.clone().into_any()));
-        });
-    }
-
-    /// That send is over: a layer's own send that waited for it goes on.
-    fn end_forward(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let py = slf.py();
-        let mut waiters = Vec::new();
-        Channel::run_outwards(slf, |channel| {
-            let mut this = channel.inner_mut(py);
-            this.forwarding = false;
-            waiters.extend(this.forward_waiter.take());
-        });
-        for waiter in waiters {
-            let waiter = waiter.bind(py);
-            if !waiter.call_method0(intern!(py, "done"))?.is_truthy()? {
-                waiter.call_method1(intern!(py, "set_result"), (py.None(),))?;
-            }
-        }
-        Ok(())
     }
 
     /// Wakes our task if it waits on a proxy for the app's future; True if it did.

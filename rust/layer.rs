@@ -71,7 +71,7 @@ enum Sub {
     /// The downstream app, stepped in place by a drive core.
     App(DriveCore),
     /// A send of ours held back until a chunk that another task is sending
-    /// through our `send` has got through (`Channel::forward_target`): wait
+    /// through our `send` has got through (`rust/forward.rs`): wait
     /// on `waiter`, then send `message`.
     AfterForward { waiter: Py<PyAny>, message: Option<Message>, yielded: bool },
 }
@@ -518,7 +518,7 @@ impl Layer {
         self.sub = Some(Sub::App(DriveCore::new(Goal::Body)));
         self.phase = Phase::NextChunk;
         // Chunks from another task may now go to the server directly
-        // (`Channel::forward_target`), until this sub-step ends.
+        // (`rust/forward.rs`), until this sub-step ends.
         self.channel().get().inner_mut(py).awaiting_chunk = true;
         Ok(true)
     }
@@ -548,7 +548,7 @@ impl Layer {
         if !channel.inner(py).forwarding {
             return Ok(None);
         }
-        // Only asyncio forwards (see `forward_target`), and seldom: asked here.
+        // Only asyncio forwards (see `rust/forward.rs`), and seldom: asked here.
         let event_loop = py.import(intern!(py, "asyncio"))?.call_method0(intern!(py, "get_running_loop"))?;
         let waiter = event_loop.call_method0(intern!(py, "create_future"))?;
         waiter.setattr(intern!(py, "_asyncio_future_blocking"), true)?;

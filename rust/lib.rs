@@ -12,6 +12,7 @@ mod coro;
 mod dispatch;
 mod drive;
 mod field_cache;
+mod forward;
 mod gil_cell;
 mod headers;
 mod layer;
@@ -25,6 +26,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     coro::init(m)?;
     dispatch::init(m)?;
     drive::init(m)?;
+    forward::init(m)?;
     layer::init(m)?;
     chain::init(m)?;
     headers::init(m)?;

@@ -389,8 +389,6 @@ async def test_a_chunk_from_another_task_cancelled_in_the_server_fails_the_respo
     server's ``send`` (held up, as under backpressure): the chunk may not have
     gone out, so the layers must not end the body as if it had. The middleware
     fails with an error that says so, and nothing more is sent."""
-    from ferroware._request import INTERRUPTED_CHUNK
-
     bodies: list[Any] = []
     held_up = asyncio.Event()
 
@@ -425,6 +423,6 @@ async def test_a_chunk_from_another_task_cancelled_in_the_server_fails_the_respo
     with pytest.raises(RuntimeError, match="interrupted on its way to the server") as caught:
         async with asyncio.timeout(2):
             await ours(scope, receive, send)
-    assert str(caught.value) == INTERRUPTED_CHUNK
+    assert "the response can't be completed" in str(caught.value)
     assert isinstance(caught.value.__cause__, asyncio.CancelledError)
     assert bodies == [None, b"held up"]

@@ -112,10 +112,6 @@ class Handoff:
         if parked.error is not None:
             raise parked.error
 
-    def idle(self) -> bool:
-        """Nothing parked and no sender held: a new message would be next in line."""
-        return not self._parked and self._held is None
-
     def take(self) -> Message | None:
         """For the dispatcher (asyncio): the oldest parked message, its sender
         held until ``release``. A previously held sender is released first."""

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from anyio.lowlevel import checkpoint
 from starlette.requests import ClientDisconnect, Request
-from starlette.types import Message, Scope, Send
+from starlette.types import Message, Scope
 
 from ferroware._core import Headers, request_headers
 from ferroware._handoff import Handoff, ServerReceive
@@ -135,51 +135,13 @@ def request_template() -> dict[str, Any] | None:
     return {name: value for name, value in fields.items() if getattr(DispatchRequest, name, _MISSING) != value}
 
 
-INTERRUPTED_CHUNK = (
-    "a response body chunk sent from another task was interrupted on its way to the server "
-    "(that task was cancelled): the response can't be completed"
-)
-
-
-async def foreign_send(channel: Channel, message: Message, target: Send | None) -> None:
+async def foreign_send(channel: Channel, message: Message) -> None:
     """The compiled dispatcher's hook for a send it can't take directly: one
-    from another task, or one after the middleware's response went out.
-
-    ``target`` is the ``send`` beyond this run of ferroware layers (the
-    server's, or a pure-ASGI layer's) when every layer of the run is just
-    relaying the response and waiting for the next chunk
-    (``Channel.forward_target``): a chunk that isn't the last then goes there
-    from this task, as the layers would have sent it, with no switch to the
-    middleware's task and back.
-    Anything else is parked for the middleware's task to take in order.
-    """
+    from another task (that the compiled side can't forward, see
+    ``rust/forward.rs``), or one after the middleware's response went out."""
     if channel.response_sent:
         # Discarded, as Starlette discards it; the checkpoint keeps an app that
         # sends in a loop cancellable (it may be waiting for the disconnect).
         await checkpoint()
         return
-    handoff = channel.handoff
-    if target is not None and (handoff is None or handoff.idle()) and _middle_chunk(message):
-        channel.begin_forward()
-        try:
-            await target({"type": "http.response.body", "body": message["body"], "more_body": True})
-        except Exception as exc:
-            # The layers fail with it, as when their own send of the chunk fails.
-            channel.forward_failed(exc)
-            raise
-        except BaseException as exc:  # cancelled in the server: the chunk may not have gone out
-            interrupted = RuntimeError(INTERRUPTED_CHUNK)
-            interrupted.__cause__ = exc
-            channel.forward_failed(interrupted)
-            raise
-        finally:
-            channel.end_forward()
-        return
     await Handoff.of(channel).send(channel, message)
-
-
-def _middle_chunk(message: Message) -> bool:
-    """A body chunk with more to come: what a relaying layer passes on as it is
-    (an empty one it skips, as Starlette's body iterator does; the last one
-    ends the body, which the layers handle themselves)."""
-    return message.get("type") == "http.response.body" and bool(message.get("more_body")) and bool(message.get("body"))
