@@ -5,6 +5,8 @@ does this: its main task joins a task group in which a child streams)."""
 from __future__ import annotations
 
 import asyncio
+import gc
+import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -426,3 +428,56 @@ async def test_a_chunk_from_another_task_cancelled_in_the_server_fails_the_respo
     assert "the response can't be completed" in str(caught.value)
     assert isinstance(caught.value.__cause__, asyncio.CancelledError)
     assert bodies == [None, b"held up"]
+
+
+@pytest.mark.parametrize("failing", ["http.response.start", "the last chunk"])
+@pytest.mark.parametrize("layers", [1, 3])
+@pytest.mark.anyio
+async def test_a_server_send_failing_while_the_app_streams_from_a_task_fails_the_response_as_in_starlette(
+    layers: int, failing: str
+) -> None:
+    """The server's ``send`` raises for a message the layers send themselves
+    (the start, the end of the body) while the app's main task waits in
+    ``receive`` and a child streams: the error comes out of the middleware as
+    with Starlette, and unwinding the app leaves nothing behind (a request
+    stream that could never be closed used to, with a ``RuntimeError`` in
+    place of the server's error)."""
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for i in range(3):
+            yield b"c%d" % i
+
+    async def serve(middleware_cls: type) -> tuple[BaseException, list[Any]]:
+        app: Any = StreamingResponse(chunks())
+        for _ in range(layers):
+            app = middleware_cls(app, dispatch=add_header)
+        bodies: list[Any] = []
+        done = anyio.Event()
+
+        async def receive() -> Message:
+            await done.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: Message) -> None:
+            bodies.append(message.get("body"))
+            last = message["type"] == "http.response.body" and not message.get("more_body", False)
+            if message["type"] == failing or (last and failing == "the last chunk"):
+                raise OSError("connection reset")
+            if last:
+                done.set()
+
+        scope = {"type": "http", "method": "GET", "path": "/", "headers": [], "asgi": {"spec_version": "2.3"}}
+        with pytest.raises(OSError) as caught:
+            with anyio.fail_after(2):
+                await app(scope, receive, send)
+        return caught.value, bodies
+
+    stock_error, stock_bodies = await serve(StockBaseHTTPMiddleware)
+    with warnings.catch_warnings():
+        # Starlette's own relay leaves its body generator unfinished here (on trio).
+        warnings.simplefilter("ignore", ResourceWarning)
+        gc.collect()
+    error, bodies = await serve(BaseHTTPMiddleware)
+    gc.collect()  # ours must leave nothing to finalize: a complaint now fails the test
+    assert bodies == stock_bodies
+    assert str(error) == str(stock_error) == "connection reset"

@@ -9,12 +9,11 @@ disconnect (reported at once after the response went out).
 
 from __future__ import annotations
 
-from contextlib import aclosing
 from types import MethodType
 from typing import TYPE_CHECKING, Any, cast
 
 from anyio.lowlevel import checkpoint
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.types import Message, Scope
 
 from ferroware._core import Headers, request_headers
@@ -94,12 +93,26 @@ class DispatchRequest(Request):
                 self._told_disconnect = True
                 return {"type": "http.disconnect"}
             return self._seen(await self._receive())
-        try:  # share the stream, so dispatch sees what the app consumed
-            async with aclosing(self.stream()) as stream:
-                chunk = await stream.__anext__()
-        except ClientDisconnect:
-            self._told_disconnect = True
-            return {"type": "http.disconnect"}
+        # Share the stream, so dispatch sees what the app consumed: one step of
+        # Starlette's Request.stream() (the next non-empty chunk, or b"" at its
+        # end), written out. Awaited through that generator, a close of the
+        # app's coroutine while it waits here (the layer unwinding the app after
+        # a failed send) would leave the generator marked running for good:
+        # CPython 3.11 closes the awaited `asend`, not the generator, so its
+        # `aclose()` fails then and again when it is collected.
+        chunk = b""
+        while not self._stream_consumed:
+            message = await self._receive()
+            if message["type"] == "http.request":
+                chunk = message.get("body", b"")
+                if not message.get("more_body", False):
+                    self._stream_consumed = True
+                if chunk:
+                    break
+            elif message["type"] == "http.disconnect":
+                self._is_disconnected = True
+                self._told_disconnect = True
+                return {"type": "http.disconnect"}
         self._delivered = self._stream_consumed
         return {"type": "http.request", "body": chunk, "more_body": not self._stream_consumed}
 
