@@ -71,7 +71,7 @@ pub struct Hooks {
     pub response_shape: Py<PyDict>,
     /// `foreign_send(channel, message) -> Awaitable[None]`, for a send the
     /// channel can't take directly (another task's, or one after the response)
-    /// and can't forward either (`forward::try_forward`).
+    /// and doesn't forward (`forward::foreign_send`).
     pub foreign_send: Py<PyAny>,
     /// `others_ready(loop) -> bool`: whether another task is ready to run
     /// (`loop`: the running asyncio loop if known, else None).
@@ -469,11 +469,7 @@ impl Channel {
         // From another task, or after the response went out (then the Python
         // side discards it, with a checkpoint so a sending loop stays cancellable).
         drop(this);
-        if let Some(forward) = crate::forward::try_forward(slf, &message)? {
-            return Ok(Sent::Other(forward));
-        }
-        let hook = channel.dispatcher.get().hooks.get().foreign_send.clone_ref(py);
-        Ok(Sent::Other(hook.call1(py, (slf, message.into_asgi(py)?))?))
+        Ok(Sent::Other(crate::forward::foreign_send(slf, message)?))
     }
 
     /// Calls `each` on every channel of the run of ferroware layers out from

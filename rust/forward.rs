@@ -33,24 +33,26 @@ use crate::message::{Kind, Message};
 pub const INTERRUPTED: &str = "a response body chunk sent from another task was interrupted on its way to \
                                the server (that task was cancelled): the response can't be completed";
 
-/// A send from another task: the awaitable that forwards it, when it is a
-/// chunk that may go out from the sending task; else None (it is parked).
-pub fn try_forward(channel: &Bound<'_, Channel>, message: &Message) -> PyResult<Option<Py<PyAny>>> {
+/// A send the channel can't take directly (from another task, or after the
+/// response): for a chunk that isn't the last and may go out from the sending
+/// task, a `Forward`; else the Python hook's awaitable (it parks the message
+/// for the middleware's task, or discards it after the response).
+pub fn foreign_send(channel: &Bound<'_, Channel>, message: Message) -> PyResult<Py<PyAny>> {
     let py = channel.py();
-    let Ok(Kind::Body { chunk: Some(chunk), more: true }) = message.kind(py) else { return Ok(None) };
-    let Some(target) = target(channel)? else { return Ok(None) };
-    let relayed = Message::Body { chunk: Some(chunk.unbind()), more: true }.into_asgi(py)?;
-    Channel::run_outwards(channel, |c| c.inner_mut(py).forwarding = true);
-    match target.call1((relayed,)).and_then(|sending| awaitable_iter(&sending)) {
-        Ok(sending) => {
-            let forward = Forward { channel: channel.clone().unbind(), sending: GilCell::new(Some(sending)) };
-            Ok(Some(Py::new(py, forward)?.into_any()))
-        }
-        Err(err) => {
-            over(channel, Some(&err))?;
-            Err(err)
+    if let Ok(Kind::Body { chunk: Some(chunk), more: true }) = message.kind(py) {
+        if target(channel)?.is_some() {
+            let chunk = chunk.unbind();
+            let forward = Forward { channel: channel.clone().unbind(), stage: GilCell::new(Stage::Ready { message, chunk }) };
+            return Ok(Py::new(py, forward)?.into_any());
         }
     }
+    park(channel, message)
+}
+
+fn park(channel: &Bound<'_, Channel>, message: Message) -> PyResult<Py<PyAny>> {
+    let py = channel.py();
+    let hook = channel.get().dispatcher.get().hooks.get().foreign_send.clone_ref(py);
+    hook.call1(py, (channel, message.into_asgi(py)?))
 }
 
 /// The `send` beyond the run of layers that `channel` begins, if the chunk may
@@ -109,51 +111,90 @@ fn over(channel: &Bound<'_, Channel>, error: Option<&PyErr>) -> PyResult<()> {
     Ok(())
 }
 
-/// `await send(chunk)` in the sending task, for a forwarded chunk: steps the
-/// `send` beyond the run, then ends the forward. Frozen, its state in a `GilCell`.
+/// `await send(chunk)` in the sending task, for a chunk that may be forwarded.
+/// Nothing happens until it is first stepped (an awaitable never awaited
+/// leaves no forward open); then, if the chunk may still go out from here, it
+/// steps the `send` beyond the run and ends the forward when that returns or
+/// fails, else it parks the chunk like any other foreign send.
+/// Frozen, its state in a `GilCell`.
 #[pyclass(module = "ferroware._core", frozen)]
 pub struct Forward {
     channel: Py<Channel>,
-    /// The awaitable of the `send` beyond the run; None once it is over.
-    sending: GilCell<Option<Py<PyAny>>>,
+    stage: GilCell<Stage>,
+}
+
+enum Stage {
+    /// Not stepped yet: the app's message, and its chunk.
+    Ready { message: Message, chunk: Py<PyAny> },
+    /// Stepping this awaitable: the `send` beyond the run (`forwarded`), or the
+    /// parking hook's.
+    Sending { sending: Py<PyAny>, forwarded: bool },
+    Over,
 }
 
 impl Forward {
     fn step(&self, py: Python<'_>, input: Input) -> PyResult<Option<Py<PyAny>>> {
-        let sending = self.sending.try_borrow(py).and_then(|s| s.as_ref().map(|s| s.clone_ref(py)));
-        let Some(sending) = sending else {
-            return Err(PyRuntimeError::new_err("cannot reuse already awaited ferroware awaitable"));
+        let stage = std::mem::replace(&mut *self.stage.try_borrow_mut(py)?, Stage::Over);
+        let (sending, forwarded) = match stage {
+            // Thrown in before anything was sent: nothing to undo.
+            Stage::Ready { .. } if matches!(input, Input::Throw(_)) => {
+                let Input::Throw(err) = input else { unreachable!() };
+                return Err(err);
+            }
+            Stage::Ready { message, chunk } => self.begin(py, message, chunk)?,
+            Stage::Sending { sending, forwarded } => (sending, forwarded),
+            Stage::Over => return Err(PyRuntimeError::new_err("cannot reuse already awaited ferroware awaitable")),
         };
+        let channel = self.channel.bind(py);
         match resume(py, sending.bind(py), input) {
-            Ok(Step::Yield(value)) => Ok(Some(value)),
+            Ok(Step::Yield(value)) => {
+                *self.stage.try_borrow_mut(py)? = Stage::Sending { sending, forwarded };
+                Ok(Some(value))
+            }
             Ok(Step::Return(_)) => {
-                self.end(py, None)?;
+                if forwarded {
+                    over(channel, None)?;
+                }
                 Ok(None)
             }
             Err(err) => {
-                self.end(py, Some(&err))?;
+                if forwarded {
+                    over(channel, Some(&err))?;
+                }
                 Err(err)
             }
         }
     }
 
-    fn end(&self, py: Python<'_>, error: Option<&PyErr>) -> PyResult<()> {
-        if let Ok(mut sending) = self.sending.try_borrow_mut(py) {
-            *sending = None;
+    /// The first step: forward the chunk if it may still go out from here (it
+    /// may not if this awaitable was held a while before being awaited), else park it.
+    fn begin(&self, py: Python<'_>, message: Message, chunk: Py<PyAny>) -> PyResult<(Py<PyAny>, bool)> {
+        let channel = self.channel.bind(py);
+        let Some(target) = target(channel)? else {
+            return Ok((awaitable_iter(park(channel, message)?.bind(py))?, false));
+        };
+        let relayed = Message::Body { chunk: Some(chunk), more: true }.into_asgi(py)?;
+        Channel::run_outwards(channel, |c| c.inner_mut(py).forwarding = true);
+        match target.call1((relayed,)).and_then(|sending| awaitable_iter(&sending)) {
+            Ok(sending) => Ok((sending, true)),
+            Err(err) => {
+                over(channel, Some(&err))?;
+                Err(err)
+            }
         }
-        over(self.channel.bind(py), error)
     }
 }
 
 crate::awaitable_pymethods!(Forward {
     /// The sending coroutine is closed while its chunk is on its way: close
-    /// that send too; the chunk may not have gone out.
+    /// that send too; a forwarded chunk may not have gone out.
     fn close(&self, py: Python<'_>) -> PyResult<()> {
-        let sending = self.sending.try_borrow(py).and_then(|s| s.as_ref().map(|s| s.clone_ref(py)));
-        let Some(sending) = sending else { return Ok(()) };
+        let stage = std::mem::replace(&mut *self.stage.try_borrow_mut(py)?, Stage::Over);
+        let Stage::Sending { sending, forwarded } = stage else { return Ok(()) };
         let closed = sending.bind(py).call_method0(intern!(py, "close"));
-        let interrupted = pyo3::exceptions::PyGeneratorExit::new_err(());
-        self.end(py, Some(&interrupted))?;
+        if forwarded {
+            over(self.channel.bind(py), Some(&pyo3::exceptions::PyGeneratorExit::new_err(())))?;
+        }
         closed.map(drop)
     }
 });

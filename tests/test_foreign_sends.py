@@ -481,3 +481,27 @@ async def test_a_server_send_failing_while_the_app_streams_from_a_task_fails_the
     gc.collect()  # ours must leave nothing to finalize: a complaint now fails the test
     assert bodies == stock_bodies
     assert str(error) == str(stock_error) == "connection reset"
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"], indirect=True)
+@pytest.mark.anyio
+async def test_a_send_from_another_task_never_awaited_leaves_nothing_open() -> None:
+    """An app bug: a child task calls ``send`` for a chunk and drops the
+    awaitable. Nothing may be left in flight by it (a forward begun at the call
+    would hold every later send of the layers back for good): the chunk is
+    simply not sent, as a coroutine never awaited isn't, and the rest goes out."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+
+        async def child() -> None:
+            send({"type": "http.response.body", "body": b"dropped", "more_body": True})  # never awaited
+
+        task = asyncio.get_running_loop().create_task(child())
+        await asyncio.sleep(0.005)  # the child runs while the layers wait for the next chunk
+        await task
+        await send({"type": "http.response.body", "body": b"after", "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    sent = [message for message, _ in await _serve_recording_tasks(BaseHTTPMiddleware(app, dispatch=add_header))]
+    assert [m.get("body") for m in sent[1:]] == [b"after", b""]
