@@ -505,6 +505,16 @@ impl Channel {
     }
 }
 
+/// Completes an asyncio future our task waits on (with None), unless it is
+/// done already (settled, or cancelled with its waiter).
+pub(crate) fn wake_future(future: &Bound<'_, PyAny>) -> PyResult<()> {
+    let py = future.py();
+    if !future.call_method0(intern!(py, "done"))?.is_truthy()? {
+        future.call_method1(intern!(py, "set_result"), (py.None(),))?;
+    }
+    Ok(())
+}
+
 fn is_http(scope: &Bound<'_, PyAny>) -> PyResult<bool> {
     let py = scope.py();
     scope.get_item(intern!(py, "type"))?.eq(intern!(py, "http"))
@@ -592,10 +602,7 @@ impl Channel {
     fn wake(&self, py: Python<'_>) -> PyResult<bool> {
         let proxy = self.inner(py).waiting.as_ref().and_then(|w| w.proxy.as_ref()).map(|p| p.clone_ref(py));
         let Some(proxy) = proxy else { return Ok(false) };
-        let proxy = proxy.bind(py);
-        if !proxy.call_method0(intern!(py, "done"))?.is_truthy()? {
-            proxy.call_method1(intern!(py, "set_result"), (py.None(),))?;
-        }
+        wake_future(proxy.bind(py))?;
         Ok(true)
     }
 

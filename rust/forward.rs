@@ -23,7 +23,7 @@ use pyo3::intern;
 use pyo3::prelude::*;
 
 use crate::coro::{resume, Input, Step};
-use crate::dispatch::{Channel, State};
+use crate::dispatch::{wake_future, Channel, State};
 use crate::gil_cell::GilCell;
 use crate::layer::awaitable_iter;
 use crate::message::{Kind, Message};
@@ -103,10 +103,7 @@ fn over(channel: &Bound<'_, Channel>, error: Option<&PyErr>) -> PyResult<()> {
         waiters.extend(this.forward_waiter.take());
     });
     for waiter in waiters {
-        let waiter = waiter.bind(py);
-        if !waiter.call_method0(intern!(py, "done"))?.is_truthy()? {
-            waiter.call_method1(intern!(py, "set_result"), (py.None(),))?;
-        }
+        wake_future(waiter.bind(py))?;
     }
     Ok(())
 }
