@@ -334,7 +334,8 @@ async def test_a_send_made_while_a_chunk_is_on_its_way_from_another_task_waits_f
 
 
 async def _streaming_through(middleware_cls: type, layers: int, send: Send) -> None:
-    """A 5-chunk ``StreamingResponse`` behind ``layers`` header layers, on ASGI 2.3."""
+    """A 5-chunk ``StreamingResponse`` behind ``layers`` header layers, on ASGI
+    2.3, to a client that stays (the app's main task waits in ``receive``)."""
 
     async def chunks() -> AsyncIterator[bytes]:
         for i in range(5):
@@ -343,14 +344,13 @@ async def _streaming_through(middleware_cls: type, layers: int, send: Send) -> N
     app: Any = StreamingResponse(chunks())
     for _ in range(layers):
         app = middleware_cls(app, dispatch=add_header)
-    done = asyncio.Event()
 
     async def receive() -> Message:
-        await done.wait()
-        return {"type": "http.disconnect"}
+        await anyio.sleep_forever()
+        raise AssertionError("unreachable")
 
     scope = {"type": "http", "method": "GET", "path": "/", "headers": [], "asgi": {"spec_version": "2.3"}}
-    async with asyncio.timeout(2):
+    with anyio.fail_after(2):
         await app(scope, receive, send)
 
 
@@ -443,33 +443,17 @@ async def test_a_server_send_failing_while_the_app_streams_from_a_task_fails_the
     stream that could never be closed used to, with a ``RuntimeError`` in
     place of the server's error)."""
 
-    async def chunks() -> AsyncIterator[bytes]:
-        for i in range(3):
-            yield b"c%d" % i
-
     async def serve(middleware_cls: type) -> tuple[BaseException, list[Any]]:
-        app: Any = StreamingResponse(chunks())
-        for _ in range(layers):
-            app = middleware_cls(app, dispatch=add_header)
         bodies: list[Any] = []
-        done = anyio.Event()
-
-        async def receive() -> Message:
-            await done.wait()
-            return {"type": "http.disconnect"}
 
         async def send(message: Message) -> None:
             bodies.append(message.get("body"))
             last = message["type"] == "http.response.body" and not message.get("more_body", False)
             if message["type"] == failing or (last and failing == "the last chunk"):
                 raise OSError("connection reset")
-            if last:
-                done.set()
 
-        scope = {"type": "http", "method": "GET", "path": "/", "headers": [], "asgi": {"spec_version": "2.3"}}
         with pytest.raises(OSError) as caught:
-            with anyio.fail_after(2):
-                await app(scope, receive, send)
+            await _streaming_through(middleware_cls, layers, send)
         return caught.value, bodies
 
     stock_error, stock_bodies = await serve(StockBaseHTTPMiddleware)
