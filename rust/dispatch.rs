@@ -235,6 +235,9 @@ pub struct ChannelInner {
     /// out (the server would close a body missing a chunk), but fail as when
     /// its own send fails.
     pub(crate) forward_error: Option<PyErr>,
+    /// The app was told the client disconnected (`receive` gave it
+    /// `http.disconnect`): nobody reads the rest of the body.
+    pub(crate) client_gone: bool,
 }
 
 /// The app is suspended on `future` (asyncio); our task waits on `proxy`, which
@@ -375,6 +378,7 @@ impl Channel {
                 forwarding: false,
                 forward_waiter: None,
                 forward_error: None,
+                client_gone: false,
             }),
         }
     }
@@ -580,6 +584,11 @@ impl Channel {
     #[getter]
     fn response_sent(&self, py: Python<'_>) -> bool {
         self.inner(py).is_response_sent()
+    }
+
+    /// The request's `receive` told the app that the client disconnected.
+    fn client_gone(&self, py: Python<'_>) {
+        self.inner_mut(py).client_gone = true;
     }
 
     /// True while the channel is stepping the app in the current task.

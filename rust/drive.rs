@@ -8,7 +8,7 @@
 //! embeds cores directly; `Drive` wraps one as a Python awaitable for
 //! `await call_next(...)` and `async for chunk in response.body_iterator`.
 
-use pyo3::exceptions::{PyGeneratorExit, PyRuntimeError, PyStopAsyncIteration};
+use pyo3::exceptions::{PyBaseException, PyGeneratorExit, PyRuntimeError, PyStopAsyncIteration};
 use pyo3::prelude::*;
 use pyo3::{ffi, intern};
 
@@ -17,6 +17,39 @@ use crate::dispatch::{Channel, Hooks, ScopeTracker, State, Waiting};
 use crate::gil_cell::GilCell;
 use crate::message::{Kind, Message};
 use crate::objects::instantiate;
+
+pyo3::create_exception!(
+    ferroware._core,
+    Unwinding,
+    PyBaseException,
+    "Thrown into the downstream app to unwind it after `dispatch` or the \
+     middleware's response failed (Starlette cancels the app's task there). A \
+     `BaseException`, like a cancellation: `except Exception` doesn't catch it, \
+     `finally` blocks and `async with` exits run, at every level of the app's \
+     await chain, and may still await. The layer then raises the original error."
+);
+
+/// What is left of `err`, raised by an app being unwound, once the unwinding
+/// itself is taken out: None when it is only our `Unwinding` coming back (or a
+/// `GeneratorExit`); for the exception group of a task group it passed
+/// through, the group of the other errors (the app's own), as a cancel scope
+/// takes its own cancellation out of a group.
+fn beyond_unwinding(py: Python<'_>, err: PyErr) -> Option<PyErr> {
+    if err.is_instance_of::<Unwinding>(py) || err.is_instance_of::<PyGeneratorExit>(py) {
+        return None;
+    }
+    let value = err.value(py);
+    if !value.is_instance_of::<pyo3::exceptions::PyBaseExceptionGroup>() {
+        return Some(err);
+    }
+    // split() returns (matching, rest), rest None when every leaf matched.
+    match value.call_method1(intern!(py, "split"), (py.get_type::<Unwinding>(),)).and_then(|parts| parts.get_item(1)) {
+        Ok(rest) if rest.is_none() => None,
+        Ok(rest) if rest.is(value) => Some(err),
+        Ok(rest) => Some(PyErr::from_value(rest)),
+        Err(split_failed) => Some(split_failed),
+    }
+}
 
 /// What the middleware waits for from the downstream app.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -333,8 +366,13 @@ impl DriveCore {
                     })));
                 }
                 this.state = State::Draining;
+                // Not GeneratorExit: thrown into a coroutine, it closes what that
+                // coroutine awaits instead of raising there, so an `async with`
+                // deeper in the app couldn't await its exit.
                 Ok(if self.goal == Goal::Abort {
-                    Some(Next::Resume(Input::Throw(PyGeneratorExit::new_err(()))))
+                    Some(Next::Resume(Input::Throw(Unwinding::new_err(
+                        "the middleware's response failed: unwinding the downstream app",
+                    ))))
                 } else {
                     None
                 })
@@ -446,8 +484,10 @@ impl DriveCore {
                 Ok(err) | Err(err) => Outcome::Raise(err),
             },
             Goal::Finish | Goal::Body => Outcome::Raise(err),
-            Goal::Abort if err.is_instance_of::<PyGeneratorExit>(py) => Outcome::Return(py.None()),
-            Goal::Abort => Outcome::Raise(err),
+            Goal::Abort => match beyond_unwinding(py, err) {
+                None => Outcome::Return(py.None()),
+                Some(err) => Outcome::Raise(err),
+            },
         }
     }
 
@@ -688,6 +728,7 @@ fn panic_error(payload: Box<dyn std::any::Any + Send>) -> PyErr {
 
 pub fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Drive>()?;
+    m.add("Unwinding", m.py().get_type::<Unwinding>())?;
     let tp = m.py().get_type::<Drive>().as_type_ptr();
     // SAFETY: a heap type PyO3 just created with an `__await__`, so its
     // `tp_as_async` points at its own (writable) async-methods struct.

@@ -83,16 +83,21 @@ fn target<'py>(channel: &Bound<'py, Channel>) -> PyResult<Option<Bound<'py, PyAn
 /// go on, and if it failed, the layers fail with it.
 fn over(channel: &Bound<'_, Channel>, error: Option<&PyErr>) -> PyResult<()> {
     let py = channel.py();
-    let failure = error.map(|err| {
-        if err.is_instance_of::<PyException>(py) {
-            err.clone_ref(py)
-        } else {
-            // Cancelled (a BaseException): the chunk may or may not have gone out.
+    let failure = match error {
+        None => None,
+        Some(err) if err.is_instance_of::<PyException>(py) => Some(err.clone_ref(py)),
+        // Cancelled (a BaseException) after the app was told the client left:
+        // the app is stopping its stream (Starlette's `StreamingResponse`
+        // cancels its sender then). Nobody reads the body: it ends as through
+        // Starlette, with no error.
+        Some(_) if channel.get().inner(py).client_gone => None,
+        // Cancelled otherwise: the chunk may or may not have gone out.
+        Some(err) => {
             let interrupted = PyRuntimeError::new_err(INTERRUPTED);
             interrupted.set_cause(py, Some(err.clone_ref(py)));
-            interrupted
+            Some(interrupted)
         }
-    });
+    };
     let mut waiters = Vec::new();
     Channel::run_outwards(channel, |c| {
         let mut this = c.inner_mut(py);

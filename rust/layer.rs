@@ -12,7 +12,7 @@
 //! final chunk, the exact messages Starlette's `call_next` response sends.
 //! Any other response is sent by calling it, as Starlette does.
 
-use pyo3::exceptions::{PyRuntimeError, PyTypeError};
+use pyo3::exceptions::{PyException, PyRuntimeError, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyMapping, PyTuple};
 use crate::timing::clock;
@@ -434,12 +434,18 @@ impl Layer {
                 self.phase = Phase::Abort;
                 Ok(true)
             }
-            Phase::Abort => {
-                if let Some(first) = self.failure.take() {
+            Phase::Abort => match self.failure.take() {
+                // An `Exception` from the app as it unwinds is dropped and the
+                // failure that started the unwinding goes on, as in Starlette
+                // (its task group keeps the app's `Exception` aside and the
+                // response's error wins).
+                Some(first) if err.is_instance_of::<PyException>(py) => Err(first),
+                Some(first) => {
                     err.set_context(py, Some(first));
+                    Err(err)
                 }
-                Err(err)
-            }
+                None => Err(err),
+            },
             Phase::Checkpoint => {
                 self.failure = Some(err);
                 self.finish(py)

@@ -23,6 +23,7 @@ import anyio
 import anyio.lowlevel
 import helpers
 import pytest
+from starlette.middleware.base import BaseHTTPMiddleware as StockBaseHTTPMiddleware
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -144,11 +145,15 @@ def ok_app(events: list[Any]) -> ASGIApp:
     return app
 
 
-def cleanup_app(events: list[Any]) -> ASGIApp:
-    """A downstream app whose ``finally`` awaits: it must be run to completion."""
+def cleanup_app(events: list[Any], cleanup_error: type[Exception] | None = None) -> ASGIApp:
+    """A downstream app whose ``finally`` awaits: it must be run to completion.
 
-    async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        events.append("app:start")
+    The ``finally`` is in a coroutine the app awaits (as an endpoint is, under
+    routing), not in the app's own frame: unwinding the app must reach it as an
+    exception it can await in, not close it. ``cleanup_error``: raised at the end
+    of the cleanup (a new one each time: a kept one would keep its traceback)."""
+
+    async def endpoint(send: Send) -> None:
         try:
             await send({"type": "http.response.start", "status": 200, "headers": []})
             await send({"type": "http.response.body", "body": b"one", "more_body": True})
@@ -158,6 +163,12 @@ def cleanup_app(events: list[Any]) -> ASGIApp:
             events.append("cleanup:start")
             await anyio.sleep(0)
             events.append("cleanup:done")
+            if cleanup_error is not None:
+                raise cleanup_error("cleanup failed")
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        events.append("app:start")
+        await endpoint(send)
 
     return app
 
@@ -337,6 +348,35 @@ def test_dispatch_raises_after_call_next(anyio_backend: str, where: str, layers:
     assert events[0] == "app:start"
     assert events[-2:] == ["cleanup:start", "cleanup:done"], events
     assert run.sent == []
+
+
+def test_an_error_from_the_app_as_it_is_unwound_leaves_the_dispatch_error_as_in_starlette(anyio_backend: str) -> None:
+    """``dispatch`` fails after ``call_next``, and the app's cleanup raises too
+    as it is unwound: the dispatch error goes on, as through Starlette (whose
+    task group keeps the app's ``Exception`` aside)."""
+
+    async def dispatch(request: Request, call_next: CallNext) -> Response:
+        await call_next(request)
+        raise DispatchError("dispatch failed")
+
+    def stack(base: type) -> ASGIApp:
+        return base(cleanup_app([], cleanup_error=ValueError), dispatch=dispatch)
+
+    run = run_checked(anyio_backend, stack(BaseHTTPMiddleware))
+    expect(run, DispatchError, r"^dispatch failed$")
+    stock = Run()
+
+    async def stock_run() -> None:
+        async def receive() -> Message:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: Message) -> None:
+            stock.sent.append(message)
+
+        await stack(StockBaseHTTPMiddleware)(http_scope(), receive, send)
+
+    with pytest.raises(DispatchError, match=r"^dispatch failed$"):
+        anyio.run(stock_run, backend=anyio_backend)
 
 
 # --------------------------------------------------------------------------- call_next misuse

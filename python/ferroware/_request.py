@@ -90,8 +90,7 @@ class DispatchRequest(Request):
             self._receive = ServerReceive(self.channel, self._receive)
         if self._delivered:
             if self._is_disconnected:  # dispatch already saw the client go
-                self._told_disconnect = True
-                return {"type": "http.disconnect"}
+                return self._disconnect()
             return self._seen(await self._receive())
         # Share the stream, so dispatch sees what the app consumed: one step of
         # Starlette's Request.stream() (the next non-empty chunk, or b"" at its
@@ -111,16 +110,21 @@ class DispatchRequest(Request):
                     break
             elif message["type"] == "http.disconnect":
                 self._is_disconnected = True
-                self._told_disconnect = True
-                return {"type": "http.disconnect"}
+                return self._disconnect()
         self._delivered = self._stream_consumed
         return {"type": "http.request", "body": chunk, "more_body": not self._stream_consumed}
+
+    def _disconnect(self) -> Message:
+        """What the app is told once the client is gone; the channel learns it too."""
+        self._told_disconnect = True
+        self.channel.client_gone()
+        return {"type": "http.disconnect"}
 
     def _seen(self, message: Message) -> Message:
         if message["type"] == "http.disconnect":
             self._is_disconnected = True
-            self._told_disconnect = True
-        elif message["type"] != "http.request":  # pragma: no cover - a server bug
+            return self._disconnect()
+        if message["type"] != "http.request":  # pragma: no cover - a server bug
             raise RuntimeError(f"Unexpected message received: {message['type']}")
         return message
 

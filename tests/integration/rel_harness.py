@@ -280,4 +280,6 @@ _OUTPUTS = pytest.StashKey[list[tuple[Server, int]]]()
 # Server output lines that are the faults' expected, logged consequences (the
 # tests assert what the client and the endpoint saw); anything else a server
 # prints is only shown on failure.
-SUMMARY: dict[str, Any] = {"tests": {}, "test_server": {}, "soak": None, "bodies": {}, "fuzz": None}
+SUMMARY: dict[str, Any] = {
+    "tests": {}, "test_server": {}, "soak": None, "bodies": {}, "fuzz": None, "fuzz_streaming": None,
+}  # fmt: skip

@@ -26,11 +26,12 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 import pytest
+from fuzz_stack import STOCK_BODY_STREAM_LEAK, TIMEOUT, AppError, build, http_scope, raised
 from rel_harness import SUMMARY
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.middleware.base import BaseHTTPMiddleware as StockBaseHTTPMiddleware
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import ferroware
@@ -38,12 +39,6 @@ import ferroware
 pytestmark = pytest.mark.integration
 
 EXAMPLES = int(os.environ.get("FERROWARE_FUZZ_EXAMPLES", "600"))
-TIMEOUT = 5.0
-
-
-class AppError(Exception):
-    """Raised by the downstream app on purpose."""
-
 
 # --- the downstream app's script ---------------------------------------------------------
 
@@ -128,35 +123,6 @@ def make_app(script: list[tuple[Any, ...]], run: Run) -> ASGIApp:
     return app
 
 
-def build(base: type, app: ASGIApp, read: str) -> ASGIApp:
-    async def passthrough(request: Request, call_next: Any) -> Any:
-        return await call_next(request)
-
-    async def reader(request: Request, call_next: Any) -> Any:
-        if read == "body":
-            await request.body()
-        elif read == "stream":
-            async for _ in request.stream():
-                pass
-        return await call_next(request)
-
-    async def edits_headers(request: Request, call_next: Any) -> Any:
-        response = await call_next(request)
-        response.headers["x-edited"] = "1"
-        return response
-
-    return base(base(base(app, dispatch=reader), dispatch=edits_headers), dispatch=passthrough)
-
-
-def http_scope(spec: str) -> Scope:
-    return {
-        "type": "http", "asgi": {"version": "3.0", "spec_version": spec}, "http_version": "1.1", "method": "POST",
-        "scheme": "http", "path": "/", "raw_path": b"/", "root_path": "", "query_string": b"",
-        "headers": [(b"host", b"testserver")], "client": ("127.0.0.1", 50000), "server": ("testserver", 80),
-        "state": {},
-    }  # fmt: skip
-
-
 @dataclass(frozen=True)
 class Client:
     chunks: list[bytes]
@@ -231,23 +197,6 @@ clients = st.builds(
 STATS: dict[str, int] = {"examples": 0, "valid": 0, "invalid": 0, "app-error": 0}
 
 
-def _raised(error: BaseException | None, kind: type[BaseException]) -> bool:
-    """``error`` is of ``kind``, or an exception group holding one."""
-    if isinstance(error, BaseExceptionGroup):
-        return error.subgroup(kind) is not None
-    return type(error) is kind
-
-
-# Stock Starlette, the reference run, leaves its ``body_stream`` generator
-# unfinished when the client's send fails on trio, and trio reports it when the
-# generator is collected. That is stock's own leak (recorded in
-# docs/reliability.md), not ferroware's: only that exact report is ignored.
-STOCK_BODY_STREAM_LEAK = (
-    "ignore:Exception ignored in. <async_generator object "
-    "BaseHTTPMiddleware.__call__.<locals>.call_next.<locals>.body_stream:pytest.PytestUnraisableExceptionWarning"
-)
-
-
 @pytest.mark.filterwarnings(STOCK_BODY_STREAM_LEAK)
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
@@ -269,7 +218,7 @@ def test_random_message_sequences(script: list[tuple[Any, ...]], client: Client,
         # (Stock may wrap that error in its task group's ExceptionGroup, with its
         # own assertion about the invalid message beside it: the client's error
         # came first, as ferroware reports it.)
-        if isinstance(ferro.error, (OSError, ClientDisconnect)) and _raised(stock.error, type(ferro.error)):
+        if isinstance(ferro.error, (OSError, ClientDisconnect)) and raised(stock.error, type(ferro.error)):
             return
         assert isinstance(ferro.error, (RuntimeError, TypeError)), (
             f"invalid sequence: ferroware raised {ferro.error!r} (stock: {stock.error!r})"
