@@ -239,7 +239,8 @@ mod tests {
     fn throw_returns_the_value_of_a_generator_that_catches() {
         Python::initialize();
         Python::attach(|py| {
-            let gen = generator(py, "def gen():\n    try:\n        yield 1\n    except KeyError:\n        return 'caught'\n");
+            let gen =
+                generator(py, "def gen():\n    try:\n        yield 1\n    except KeyError:\n        return 'caught'\n");
             resume(py, &gen, Input::none(py)).unwrap();
             match resume(py, &gen, Input::Throw(PyKeyError::new_err("k"))).unwrap() {
                 Step::Return(v) => assert_eq!(v.extract::<String>(py).unwrap(), "caught"),

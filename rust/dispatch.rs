@@ -16,8 +16,8 @@
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString, PyTuple, PyType};
-use std::sync::atomic::{AtomicBool, Ordering};
 use pyo3::{ffi, intern, IntoPyObjectExt};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::coro::{exception_from_throw_args, Ready};
 use crate::drive::{Drive, Goal};
@@ -51,7 +51,8 @@ pub type AsyncioScopes = (Py<PyAny>, Py<PyAny>, Py<PyDict>, Py<PyAny>);
 /// What the layer sets on each request it builds (`RunLayer::begin`).
 pub const REQUEST_FIELDS: [&str; 4] = ["scope", "_receive", "_send", "channel"];
 /// What each response `call_next` returns holds as its own (`drive::make_response`).
-pub const RESPONSE_FIELDS: [&str; 6] = ["status_code", "raw_headers", "body_iterator", "info", "background", "_headers"];
+pub const RESPONSE_FIELDS: [&str; 6] =
+    ["status_code", "raw_headers", "body_iterator", "info", "background", "_headers"];
 
 /// The Python pieces the compiled layer calls, fixed once at import.
 #[pyclass(module = "ferroware._core", frozen)]
@@ -258,11 +259,7 @@ impl Waiting {
 
     /// The same wait, without a proxy (ours was used up).
     pub fn again(&self, py: Python<'_>) -> Self {
-        Waiting {
-            future: self.future.clone_ref(py),
-            proxy: None,
-            link: self.link.as_ref().map(|l| l.clone_ref(py)),
-        }
+        Waiting { future: self.future.clone_ref(py), proxy: None, link: self.link.as_ref().map(|l| l.clone_ref(py)) }
     }
 }
 
@@ -314,7 +311,10 @@ impl ScopeTracker {
             return Ok(None);
         }
         let (task, holder, attribute, mover): (Py<PyAny>, Py<PyAny>, Py<PyString>, Py<PyAny>) = found.extract(py)?;
-        Ok(Some(Py::new(py, ScopeTracker { task, holder: Some(holder), key: None, attribute, mover, event_loop: None })?))
+        Ok(Some(Py::new(
+            py,
+            ScopeTracker { task, holder: Some(holder), key: None, attribute, mover, event_loop: None },
+        )?))
     }
 
     /// The asyncio loop the request runs on, if it was looked up.
@@ -348,12 +348,7 @@ impl ScopeTracker {
 }
 
 impl Channel {
-    pub fn new(
-        dispatcher: &Bound<'_, Dispatcher>,
-        scope: Py<PyAny>,
-        receive: Py<PyAny>,
-        send: Py<PyAny>,
-    ) -> Self {
+    pub fn new(dispatcher: &Bound<'_, Dispatcher>, scope: Py<PyAny>, receive: Py<PyAny>, send: Py<PyAny>) -> Self {
         Channel {
             dispatcher: dispatcher.clone().unbind(),
             scope,
@@ -402,7 +397,6 @@ impl Channel {
 }
 
 impl ChannelInner {
-
     /// Drops what ties the channel to the request once the layer is done: the
     /// app's `receive` is a method of the request, which points back here.
     /// Without this, every request would leave a cycle for the garbage collector.

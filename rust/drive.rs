@@ -412,9 +412,9 @@ impl DriveCore {
                 Kind::PathSend(_) => Err(PyRuntimeError::new_err(
                     "ASGI message \"http.response.pathsend\" sent before 'http.response.start'",
                 )),
-                Kind::Other(other) => Err(PyRuntimeError::new_err(format!(
-                    "ASGI message {other:?} sent before 'http.response.start'"
-                ))),
+                Kind::Other(other) => {
+                    Err(PyRuntimeError::new_err(format!("ASGI message {other:?} sent before 'http.response.start'")))
+                }
             },
             Goal::Body => match kind {
                 Kind::Body { chunk, more } => {
@@ -431,9 +431,9 @@ impl DriveCore {
                     channel.get().inner_mut(py).state = State::BodyDone;
                     Ok(Next::Settle(Outcome::Return(message.unbind())))
                 }
-                Kind::Start { .. } => Err(PyRuntimeError::new_err(
-                    "'http.response.start' sent twice: the response had already started",
-                )),
+                Kind::Start { .. } => {
+                    Err(PyRuntimeError::new_err("'http.response.start' sent twice: the response had already started"))
+                }
                 Kind::Debug { .. } => Err(PyRuntimeError::new_err(
                     "unexpected ASGI message \"http.response.debug\" while sending the response body",
                 )),
@@ -755,11 +755,9 @@ mod tests {
             let formatted = catch_unwind(|| panic!("bad state {}", 7)).unwrap_err();
             let literal = catch_unwind(|| panic!("bad state")).unwrap_err();
             let other = catch_unwind(|| panic_any(7_u8)).unwrap_err();
-            for (payload, message) in [
-                (formatted, "bad state 7"),
-                (literal, "bad state"),
-                (other, "panic in ferroware's dispatcher"),
-            ] {
+            for (payload, message) in
+                [(formatted, "bad state 7"), (literal, "bad state"), (other, "panic in ferroware's dispatcher")]
+            {
                 let err = panic_error(payload);
                 assert!(err.is_instance_of::<PanicException>(py));
                 assert_eq!(err.value(py).to_string(), message);

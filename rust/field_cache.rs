@@ -87,7 +87,10 @@ mod table {
     }
 
     /// The field stored earlier for exactly these two `str` objects, if still cached.
-    pub(crate) fn lookup<'py>(name: &Bound<'py, PyString>, value: &Bound<'py, PyString>) -> Option<Bound<'py, PyTuple>> {
+    pub(crate) fn lookup<'py>(
+        name: &Bound<'py, PyString>,
+        value: &Bound<'py, PyString>,
+    ) -> Option<Bound<'py, PyTuple>> {
         let py = name.py();
         with_table(py, &TABLE, |table| match &table[slot(name, value)] {
             Some(e) if e.name.as_ptr() == name.as_ptr() && e.value.as_ptr() == value.as_ptr() => {

@@ -42,7 +42,8 @@ pub fn foreign_send(channel: &Bound<'_, Channel>, message: Message) -> PyResult<
     if let Ok(Kind::Body { chunk: Some(chunk), more: true }) = message.kind(py) {
         if target(channel)?.is_some() {
             let chunk = chunk.unbind();
-            let forward = Forward { channel: channel.clone().unbind(), stage: GilCell::new(Stage::Ready { message, chunk }) };
+            let forward =
+                Forward { channel: channel.clone().unbind(), stage: GilCell::new(Stage::Ready { message, chunk }) };
             return Ok(Py::new(py, forward)?.into_any());
         }
     }
@@ -127,10 +128,16 @@ pub struct Forward {
 
 enum Stage {
     /// Not stepped yet: the app's message, and its chunk.
-    Ready { message: Message, chunk: Py<PyAny> },
+    Ready {
+        message: Message,
+        chunk: Py<PyAny>,
+    },
     /// Stepping this awaitable: the `send` beyond the run (`forwarded`), or the
     /// parking hook's.
-    Sending { sending: Py<PyAny>, forwarded: bool },
+    Sending {
+        sending: Py<PyAny>,
+        forwarded: bool,
+    },
     Over,
 }
 

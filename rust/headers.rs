@@ -33,7 +33,10 @@ const fn token_table() -> [bool; 256] {
     while c < 256 {
         let b = c as u8;
         table[c] = b.is_ascii_alphanumeric()
-            || matches!(b, b'!' | b'#' | b'$' | b'%' | b'&' | b'\'' | b'*' | b'+' | b'-' | b'.' | b'^' | b'_' | b'`' | b'|' | b'~');
+            || matches!(
+                b,
+                b'!' | b'#' | b'$' | b'%' | b'&' | b'\'' | b'*' | b'+' | b'-' | b'.' | b'^' | b'_' | b'`' | b'|' | b'~'
+            );
         c += 1;
     }
     table
@@ -53,9 +56,7 @@ fn latin1_repr(py: Python<'_>, bytes: &[u8]) -> String {
 /// `ValueError` unless `name` (already lowercased and encoded) is an RFC 9110 token.
 pub(crate) fn check_name(py: Python<'_>, name: &[u8]) -> PyResult<()> {
     if name.is_empty() {
-        return Err(PyValueError::new_err(
-            "invalid header name '': empty (a field name must be an RFC 9110 token)",
-        ));
+        return Err(PyValueError::new_err("invalid header name '': empty (a field name must be an RFC 9110 token)"));
     }
     if let Some(pos) = name.iter().position(|&b| !TCHAR[b as usize]) {
         return Err(PyValueError::new_err(format!(
@@ -116,7 +117,11 @@ fn check_field(py: Python<'_>, name: &Name<'_, '_>, value: &[u8]) -> PyResult<()
 }
 
 /// A 2-tuple `(a, b)`, built directly.
-pub(crate) fn pair_tuple<'py>(py: Python<'py>, a: Bound<'py, PyAny>, b: Bound<'py, PyAny>) -> PyResult<Bound<'py, PyTuple>> {
+pub(crate) fn pair_tuple<'py>(
+    py: Python<'py>,
+    a: Bound<'py, PyAny>,
+    b: Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyTuple>> {
     // SAFETY: PyTuple_New returns a new tuple of 2 NULL slots or NULL with an
     // exception set; PyTuple_SET_ITEM steals the references we pass it.
     unsafe {
@@ -271,10 +276,7 @@ pub(crate) fn pair<'py>(item: &Bound<'py, PyAny>) -> PyResult<(Bound<'py, PyAny>
     let mut iter = match item.try_iter() {
         Ok(iter) => iter,
         Err(_) => {
-            return Err(PyTypeError::new_err(format!(
-                "cannot unpack non-iterable {} object",
-                item.get_type().name()?
-            )))
+            return Err(PyTypeError::new_err(format!("cannot unpack non-iterable {} object", item.get_type().name()?)))
         }
     };
     let first = iter.next().transpose()?;
@@ -522,7 +524,9 @@ fn same_fields(a: &Bound<'_, PyList>, b: &Bound<'_, PyList>) -> PyResult<bool> {
         x.sort_by(|p, q| (p.0.as_bytes(), p.1.as_bytes()).cmp(&(q.0.as_bytes(), q.1.as_bytes())));
         y.sort_by(|p, q| (p.0.as_bytes(), p.1.as_bytes()).cmp(&(q.0.as_bytes(), q.1.as_bytes())));
         return Ok(x.len() == y.len()
-            && x.iter().zip(y.iter()).all(|(p, q)| p.0.as_bytes() == q.0.as_bytes() && p.1.as_bytes() == q.1.as_bytes()));
+            && x.iter()
+                .zip(y.iter())
+                .all(|(p, q)| p.0.as_bytes() == q.0.as_bytes() && p.1.as_bytes() == q.1.as_bytes()));
     }
     // Anything unusual in the lists: let Python sort and compare them.
     let py = a.py();
@@ -614,9 +618,7 @@ impl Headers {
                 return Err(PyAssertionError::new_err("Cannot set both \"headers\" and \"scope\"."));
             }
             let list = PyList::empty(py);
-            for_each_item(headers, |k, v| {
-                list.append(field(k, v)?)
-            })?;
+            for_each_item(headers, |k, v| list.append(field(k, v)?))?;
             list
         } else if let Some(raw) = raw {
             if scope.is_some() {
@@ -668,7 +670,9 @@ impl Headers {
     #[getter]
     fn raw<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
         // SAFETY: PyList_GetSlice returns a new reference to a list or NULL with an exception set.
-        let copy = unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyList_GetSlice(self.list.as_ptr(), 0, ffi::PY_SSIZE_T_MAX))? };
+        let copy = unsafe {
+            Bound::from_owned_ptr_or_err(py, ffi::PyList_GetSlice(self.list.as_ptr(), 0, ffi::PY_SSIZE_T_MAX))?
+        };
         copy.cast_into::<PyList>().map_err(PyErr::from)
     }
 
@@ -689,7 +693,12 @@ impl Headers {
     }
 
     #[pyo3(signature = (key, default=None))]
-    fn get<'py>(&self, py: Python<'py>, key: &Bound<'py, PyAny>, default: Option<Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyAny>> {
+    fn get<'py>(
+        &self,
+        py: Python<'py>,
+        key: &Bound<'py, PyAny>,
+        default: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
         match find(self.bound(py), key)? {
             Some(v) => decode(&v),
             None => Ok(default.unwrap_or_else(|| py.None().into_bound(py))),
@@ -837,7 +846,11 @@ impl MutableHeaders {
     }
 
     /// The value of `key`, first setting it to `value` if absent.
-    fn setdefault<'py>(slf: &Bound<'py, Self>, key: &Bound<'py, PyAny>, value: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    fn setdefault<'py>(
+        slf: &Bound<'py, Self>,
+        key: &Bound<'py, PyAny>,
+        value: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
         let py = slf.py();
         let list = Self::list(slf);
         let name = Name::new(key)?;

@@ -12,10 +12,10 @@
 //! final chunk, the exact messages Starlette's `call_next` response sends.
 //! Any other response is sent by calling it, as Starlette does.
 
+use crate::timing::clock;
 use pyo3::exceptions::{PyException, PyRuntimeError, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyMapping, PyTuple};
-use crate::timing::clock;
 use pyo3::{ffi, intern};
 
 use crate::coro::{self, resume, Input};
@@ -246,7 +246,9 @@ impl Layer {
                         match (input, message.take()) {
                             (Input::Send(_), Some(message)) => Ok(Step::Resend(message)),
                             (Input::Throw(err), _) => Err(err),
-                            (Input::Send(_), None) => Err(PyRuntimeError::new_err("ferroware: a held-back send was lost")),
+                            (Input::Send(_), None) => {
+                                Err(PyRuntimeError::new_err("ferroware: a held-back send was lost"))
+                            }
                         }
                     } else {
                         *yielded = true;
@@ -319,10 +321,8 @@ impl Layer {
         let hooks = d.hooks.get();
         // The channel first, so the request is built with it; the app's
         // `receive` (a method of the request) is given to the channel after.
-        let channel = Bound::new(
-            py,
-            Channel::new(dispatcher, self.scope.clone_ref(py), py.None(), self.send.clone_ref(py)),
-        )?;
+        let channel =
+            Bound::new(py, Channel::new(dispatcher, self.scope.clone_ref(py), py.None(), self.send.clone_ref(py)))?;
         let request = match &hooks.request_shape {
             Some(shape) => instantiate(
                 hooks.request_cls.bind(py),
@@ -408,10 +408,9 @@ impl Layer {
                 Some(err) => Err(err),
                 None => Ok(false),
             },
-            Phase::Abort => Err(self
-                .failure
-                .take()
-                .unwrap_or_else(|| PyRuntimeError::new_err("ferroware: abort without an error"))),
+            Phase::Abort => {
+                Err(self.failure.take().unwrap_or_else(|| PyRuntimeError::new_err("ferroware: abort without an error")))
+            }
             Phase::Begin | Phase::Done => Err(PyRuntimeError::new_err("ferroware: layer stepped out of order")),
         }
     }

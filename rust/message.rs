@@ -6,9 +6,9 @@
 //! if Python code is on the receiving end.
 
 use pyo3::exceptions::{PyRuntimeError, PyTypeError};
+use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString};
-use pyo3::intern;
 
 pub enum Message {
     /// As the app sent it.
@@ -22,11 +22,19 @@ pub enum Message {
 /// What a message says, as the driver needs it.
 pub enum Kind<'py> {
     /// Status, and the header list (the sender's own, or a new one if it sent none).
-    Start { status: Bound<'py, PyAny>, headers: Bound<'py, PyAny> },
+    Start {
+        status: Bound<'py, PyAny>,
+        headers: Bound<'py, PyAny>,
+    },
     /// The body if non-empty, and `more_body`.
-    Body { chunk: Option<Bound<'py, PyAny>>, more: bool },
+    Body {
+        chunk: Option<Bound<'py, PyAny>>,
+        more: bool,
+    },
     PathSend(Bound<'py, PyAny>),
-    Debug { info: Bound<'py, PyAny> },
+    Debug {
+        info: Bound<'py, PyAny>,
+    },
     EarlyHint(Bound<'py, PyAny>),
     Other(String),
 }
@@ -70,7 +78,9 @@ impl Message {
 fn parse<'py>(message: &Bound<'py, PyAny>) -> PyResult<Kind<'py>> {
     let py = message.py();
     let kind = match get_field(message, intern!(py, "type"))? {
-        Some(kind) => kind.cast_into::<PyString>().map_err(|_| PyTypeError::new_err("ASGI message 'type' must be a str"))?,
+        Some(kind) => {
+            kind.cast_into::<PyString>().map_err(|_| PyTypeError::new_err("ASGI message 'type' must be a str"))?
+        }
         None => return Err(PyRuntimeError::new_err("ASGI message without a 'type' key")),
     };
     Ok(match kind.to_str()? {

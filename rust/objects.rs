@@ -16,7 +16,11 @@ use pyo3::types::{PyDict, PyString, PyType};
 
 /// A shape for instances that get `defaults` plus the per-instance `fields`
 /// (set to None here, to be replaced by `instantiate`).
-pub fn shape<'py>(py: Python<'py>, defaults: Option<&Bound<'py, PyDict>>, fields: &[&str]) -> PyResult<Bound<'py, PyDict>> {
+pub fn shape<'py>(
+    py: Python<'py>,
+    defaults: Option<&Bound<'py, PyDict>>,
+    fields: &[&str],
+) -> PyResult<Bound<'py, PyDict>> {
     let shape = PyDict::new(py);
     if let Some(defaults) = defaults {
         for (key, value) in defaults.iter() {
@@ -62,14 +66,20 @@ pub fn instantiate<'py>(
 pub fn instance_dict<'py>(obj: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyDict>> {
     // SAFETY: returns a new reference to the dict, or NULL with an exception
     // for an object without one.
-    let attrs = unsafe { Bound::from_owned_ptr_or_err(obj.py(), ffi::PyObject_GenericGetDict(obj.as_ptr(), std::ptr::null_mut()))? };
+    let attrs = unsafe {
+        Bound::from_owned_ptr_or_err(obj.py(), ffi::PyObject_GenericGetDict(obj.as_ptr(), std::ptr::null_mut()))?
+    };
     attrs.cast_into::<PyDict>().map_err(PyErr::from)
 }
 
 /// `obj.name`, read from `attrs` (its `__dict__`) when given and found there:
 /// for attributes that only ever live in the instance, this skips the lookup
 /// through the class that `getattr` makes first.
-pub fn own_attr<'py>(obj: &Bound<'py, PyAny>, attrs: Option<&Bound<'py, PyDict>>, name: &Bound<'py, PyString>) -> PyResult<Bound<'py, PyAny>> {
+pub fn own_attr<'py>(
+    obj: &Bound<'py, PyAny>,
+    attrs: Option<&Bound<'py, PyDict>>,
+    name: &Bound<'py, PyString>,
+) -> PyResult<Bound<'py, PyAny>> {
     if let Some(value) = attrs.map(|attrs| attrs.get_item(name)).transpose()?.flatten() {
         return Ok(value);
     }

@@ -53,7 +53,8 @@ fn parse_qvalue(text: &[u8]) -> Option<Weight> {
     if fraction.len() > 3 || !fraction.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    let thousandths = fraction.iter().chain(std::iter::repeat(&b'0')).take(3).fold(0, |n, &d| n * 10 + Weight::from(d - b'0'));
+    let thousandths =
+        fraction.iter().chain(std::iter::repeat(&b'0')).take(3).fold(0, |n, &d| n * 10 + Weight::from(d - b'0'));
     match whole {
         b"0" => Some(thousandths),
         b"1" if thousandths == 0 => Some(1000),
@@ -136,7 +137,9 @@ impl EncodingPolicy {
         let mut codings = Vec::new();
         for name in &preference {
             let coding = Coding::from_name(name).ok_or_else(|| {
-                PyValueError::new_err(format!("Unknown coding in preference: {name:?} (expected \"zstd\", \"br\" or \"gzip\")"))
+                PyValueError::new_err(format!(
+                    "Unknown coding in preference: {name:?} (expected \"zstd\", \"br\" or \"gzip\")"
+                ))
             })?;
             if codings.contains(&coding) {
                 return Err(PyValueError::new_err(format!("Coding named twice in preference: {name:?}")));

@@ -64,7 +64,8 @@ impl PreflightParts {
         Ok(PreflightParts {
             fixed,
             ok_length: content_length(py, OK_BODY.len())?.unbind(),
-            content_type: bytes_field(py, b"content-type", PyBytes::new(py, b"text/plain; charset=utf-8").into_any())?.unbind(),
+            content_type: bytes_field(py, b"content-type", PyBytes::new(py, b"text/plain; charset=utf-8").into_any())?
+                .unbind(),
             ok_body: PyBytes::new(py, OK_BODY).unbind(),
         })
     }

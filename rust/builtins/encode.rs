@@ -181,9 +181,17 @@ impl Stream {
     }
 
     /// Compress a chunk: flushed if more follow, else the stream's end.
-    pub(crate) fn compress<'py>(&mut self, py: Python<'py>, body: &Bound<'py, PyAny>, more_body: bool) -> PyResult<Bound<'py, PyBytes>> {
+    pub(crate) fn compress<'py>(
+        &mut self,
+        py: Python<'py>,
+        body: &Bound<'py, PyAny>,
+        more_body: bool,
+    ) -> PyResult<Bound<'py, PyBytes>> {
         if self.finished {
-            return Err(PyRuntimeError::new_err(format!("the {} stream is already finished (or failed)", self.coding.name())));
+            return Err(PyRuntimeError::new_err(format!(
+                "the {} stream is already finished (or failed)",
+                self.coding.name()
+            )));
         }
         let data = value_bytes(body)?;
         // Finished until this chunk is through: a stream whose encoder failed
@@ -191,7 +199,8 @@ impl Stream {
         self.finished = true;
         let encoder = match self.encoder.take() {
             Some(e) => e,
-            None => Encoder::new(self.coding, self.level, (!more_body).then_some(data.len())).map_err(PyRuntimeError::new_err)?,
+            None => Encoder::new(self.coding, self.level, (!more_body).then_some(data.len()))
+                .map_err(PyRuntimeError::new_err)?,
         };
         let input: &[u8] = &data;
         let step = move || -> (Option<Encoder>, Result<Vec<u8>, String>) {
@@ -228,7 +237,12 @@ impl CompressStream {
     }
 
     /// Compress a chunk: flushed if more follow, else the stream's end.
-    fn compress<'py>(&mut self, py: Python<'py>, body: &Bound<'py, PyAny>, more_body: bool) -> PyResult<Bound<'py, PyBytes>> {
+    fn compress<'py>(
+        &mut self,
+        py: Python<'py>,
+        body: &Bound<'py, PyAny>,
+        more_body: bool,
+    ) -> PyResult<Bound<'py, PyBytes>> {
         self.stream.compress(py, body, more_body)
     }
 }

@@ -37,10 +37,7 @@ fn media_types(content_type: &[u8]) -> Vec<String> {
 /// if the response is left alone (it has a Content-Encoding, is a 206, or its
 /// content type is excluded).
 #[pyfunction]
-fn gzip_inspect_start<'py>(
-    message: &Bound<'py, PyAny>,
-    excluded: Vec<String>,
-) -> PyResult<(Bound<'py, PyList>, bool)> {
+fn gzip_inspect_start<'py>(message: &Bound<'py, PyAny>, excluded: Vec<String>) -> PyResult<(Bound<'py, PyList>, bool)> {
     let py = message.py();
     // The app's own list is edited (as Starlette's `MutableHeaders(raw=...)` does).
     let list = message_headers(message, false)?;
@@ -64,7 +61,11 @@ fn gzip_inspect_start<'py>(
 /// `Content-Length` set to `length` (or removed when `length` is None).
 #[pyfunction]
 #[pyo3(signature = (headers, encoding, length))]
-fn gzip_edit_headers(headers: &Bound<'_, PyList>, encoding: Option<&Bound<'_, PyBytes>>, length: Option<usize>) -> PyResult<()> {
+fn gzip_edit_headers(
+    headers: &Bound<'_, PyList>,
+    encoding: Option<&Bound<'_, PyBytes>>,
+    length: Option<usize>,
+) -> PyResult<()> {
     let py = headers.py();
     let mut vary = Vec::new();
     for value in values_raw(headers, b"vary")? {

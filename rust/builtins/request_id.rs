@@ -13,7 +13,9 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyString, PyTuple};
 
-use super::{as_list, configured_name, first_value, latin1, put_fields, scope_headers, start_headers, to_latin1, value_bytes};
+use super::{
+    as_list, configured_name, first_value, latin1, put_fields, scope_headers, start_headers, to_latin1, value_bytes,
+};
 use crate::headers::{check_value, pair_tuple, set_raw, splits_response};
 
 /// A new request id: a random (version 4) UUID as 32 lowercase hex digits,
@@ -103,7 +105,9 @@ fn usual_uuid_shape<T: Copy + Into<char>>(text: &[T]) -> bool {
     let hex = |c: T| c.into().is_ascii_hexdigit();
     match text.len() {
         32 => text.iter().all(|&c| hex(c)),
-        36 => text.iter().enumerate().all(|(i, &c)| if matches!(i, 8 | 13 | 18 | 23) { c.into() == '-' } else { hex(c) }),
+        36 => {
+            text.iter().enumerate().all(|(i, &c)| if matches!(i, 8 | 13 | 18 | 23) { c.into() == '-' } else { hex(c) })
+        }
         _ => false,
     }
 }
@@ -150,7 +154,10 @@ fn is_valid_uuid4_bytes(value: &[u8]) -> bool {
 #[pyfunction]
 fn is_valid_uuid4(value: &Bound<'_, PyAny>) -> PyResult<bool> {
     let text = value.cast::<PyString>().map_err(|_| {
-        PyTypeError::new_err(format!("is_valid_uuid4() expects a str, got {}", value.get_type().name().map(|n| n.to_string()).unwrap_or_default()))
+        PyTypeError::new_err(format!(
+            "is_valid_uuid4() expects a str, got {}",
+            value.get_type().name().map(|n| n.to_string()).unwrap_or_default()
+        ))
     })?;
     let text = text.to_cow()?;
     let chars: Vec<char> = text.chars().collect();
@@ -233,8 +240,9 @@ impl RequestIdPolicy {
                 text.repr().map(|r| r.to_string()).unwrap_or_default()
             ))
         })?;
-        check_value(py, &self.name, &bytes)
-            .map_err(|e| PyValueError::new_err(format!("RequestIDMiddleware: the {what} returned an unsendable id: {}", e.value(py))))?;
+        check_value(py, &self.name, &bytes).map_err(|e| {
+            PyValueError::new_err(format!("RequestIDMiddleware: the {what} returned an unsendable id: {}", e.value(py)))
+        })?;
         Ok(RequestId { text, bytes })
     }
 
@@ -280,13 +288,28 @@ impl RequestIdPolicy {
             return Err(PyTypeError::new_err("RequestIdPolicy: var must be a contextvars.ContextVar"));
         }
         let name_object = PyBytes::new(py, &name).unbind();
-        Ok(RequestIdPolicy { name, name_object, update_request_header, generator, validator, transformer, var, warn, warning_message })
+        Ok(RequestIdPolicy {
+            name,
+            name_object,
+            update_request_header,
+            generator,
+            validator,
+            transformer,
+            var,
+            warn,
+            warning_message,
+        })
     }
 
     /// For one HTTP or websocket connection: decides the id, updates the
     /// request headers and the contextvar, and returns the `send` to give the
     /// app (for HTTP, one that adds the id to the response start).
-    fn start<'py>(&self, scope: &Bound<'py, PyAny>, send: Bound<'py, PyAny>, is_http: bool) -> PyResult<Bound<'py, PyAny>> {
+    fn start<'py>(
+        &self,
+        scope: &Bound<'py, PyAny>,
+        send: Bound<'py, PyAny>,
+        is_http: bool,
+    ) -> PyResult<Bound<'py, PyAny>> {
         let py = scope.py();
         let list = scope_headers(scope)?;
         let incoming = match first_value(&list, &self.name)? {
@@ -322,7 +345,8 @@ impl RequestIdPolicy {
         if !is_http || id.bytes.is_empty() {
             return Ok(send);
         }
-        let field = pair_tuple(py, self.name_object.bind(py).clone().into_any(), PyBytes::new(py, &id.bytes).into_any())?;
+        let field =
+            pair_tuple(py, self.name_object.bind(py).clone().into_any(), PyBytes::new(py, &id.bytes).into_any())?;
         let wrapped = RequestIdSend { field: field.unbind(), send: send.unbind() };
         Ok(Bound::new(py, wrapped)?.into_any())
     }

@@ -42,13 +42,18 @@ impl SecurityHeadersPolicy {
             return Err(PyValueError::new_err(format!("at most {MAX_FIELDS} security headers, got {}", fields.len())));
         }
         // Python's repr, so messages quote names as the other header errors do.
-        let repr = |text: &str| PyString::new(py, text).repr().map(|r| r.to_string()).unwrap_or_else(|_| format!("{text:?}"));
+        let repr =
+            |text: &str| PyString::new(py, text).repr().map(|r| r.to_string()).unwrap_or_else(|_| format!("{text:?}"));
         let mut encoded: Vec<Field> = Vec::with_capacity(fields.len());
         let mut names: Vec<Vec<u8>> = Vec::with_capacity(fields.len());
         for (name, value, https_only) in fields {
             let lower = configured_name(py, &name)?;
             let value_bytes = to_latin1(&value).ok_or_else(|| {
-                PyValueError::new_err(format!("invalid value for header {}: {} is not latin-1", repr(&latin1(&lower)), repr(&value)))
+                PyValueError::new_err(format!(
+                    "invalid value for header {}: {} is not latin-1",
+                    repr(&latin1(&lower)),
+                    repr(&value)
+                ))
             })?;
             check_value(py, &lower, &value_bytes)?;
             if names.contains(&lower) {
@@ -62,7 +67,11 @@ impl SecurityHeadersPolicy {
     }
 
     /// The `send` to give the app for one HTTP request.
-    fn wrap<'py>(slf: &Bound<'py, Self>, scope: &Bound<'py, PyAny>, send: Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    fn wrap<'py>(
+        slf: &Bound<'py, Self>,
+        scope: &Bound<'py, PyAny>,
+        send: Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
         let py = slf.py();
         // The ASGI default scheme is "http"; a missing key means plain http.
         let https = match scope.get_item(intern!(py, "scheme")) {
