@@ -10,7 +10,7 @@ disconnect (reported at once after the response went out).
 from __future__ import annotations
 
 from types import MethodType
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from anyio.lowlevel import checkpoint
 from starlette.requests import Request
@@ -56,10 +56,12 @@ class DispatchRequest(Request):
             receive = self._receive
             if isinstance(receive, MethodType) and receive.__func__ is _DOWNSTREAM_RECEIVE:
                 # Bound from downstream_receive: its self is a DispatchRequest.
-                body = cast(DispatchRequest, receive.__self__)._replay_whole()
+                # (Not typing.cast: a function call per layer on this path.)
+                body: bytes | None = receive.__self__._replay_whole()  # type: ignore[attr-defined]
                 if body is not None:
                     self._stream_consumed = True
                     self._body = body
+                    return body  # what Starlette's body() returns once _body is set
         return await super().body()
 
     def _replay_whole(self) -> bytes | None:
