@@ -548,3 +548,56 @@ async def test_a_send_from_another_task_never_awaited_leaves_nothing_open() -> N
 
     sent = [message for message, _ in await _serve_recording_tasks(BaseHTTPMiddleware(app, dispatch=add_header))]
     assert [m.get("body") for m in sent[1:]] == [b"after", b""]
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"], indirect=True)
+@pytest.mark.anyio
+async def test_an_app_waking_from_a_wait_takes_as_many_loop_passes_behind_ten_layers_as_behind_one() -> None:
+    """While the layers wait for the response, the task waits on a proxy of the
+    app's future (so that a send from another task can wake it), each layer's
+    standing in for the one below. A wake-up must cross them all at once: it
+    used to take one more pass of the event loop per layer, for every I/O wait
+    of an endpoint. Counted by a task that ticks once per pass."""
+    loop = asyncio.get_running_loop()
+
+    async def passes_to_wake(layers: int) -> int:
+        ticks = 0
+        ticking = True
+        woke_after: list[int] = []
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while ticking:
+                ticks += 1
+                await asyncio.sleep(0)
+
+        async def app(scope: Scope, receive: Receive, send: Send) -> None:
+            waited: asyncio.Future[None] = loop.create_future()
+            loop.call_soon(waited.set_result, None)  # done in the next pass, as I/O would be
+            before = ticks
+            await waited
+            woke_after.append(ticks - before)
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"done"})
+
+        stack: Any = app
+        for _ in range(layers):
+            stack = BaseHTTPMiddleware(stack, dispatch=add_header)
+
+        async def receive() -> Message:
+            await asyncio.sleep(10)
+            return {"type": "http.disconnect"}
+
+        async def send(message: Message) -> None:
+            pass
+
+        ticking_task = loop.create_task(ticker())
+        await asyncio.sleep(0)
+        scope = {"type": "http", "method": "GET", "path": "/", "headers": [], "asgi": {"spec_version": "2.4"}}
+        await stack(scope, receive, send)
+        ticking = False
+        await ticking_task
+        return woke_after[0]
+
+    bare, one, ten = await passes_to_wake(0), await passes_to_wake(1), await passes_to_wake(10)
+    assert ten == one <= bare + 1, (bare, one, ten)

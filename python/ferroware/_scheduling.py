@@ -52,18 +52,26 @@ class ProxyLink:
     its own future, untouched. One done-callback on that future settles
     whichever proxy is current: a callback per proxy would pile up on it for
     as long as the app waits (one per chunk of a long stream).
+
+    In a run of layers each layer's proxy stands in for the one of the layer
+    below it, which is that layer's "app future". Those are settled at once,
+    not by a done-callback (``Proxy``): each callback costs a pass of the event
+    loop, and a wake-up would take one per layer to reach the task.
     """
 
     __slots__ = ("_loop", "_current")
 
     def __init__(self, future: asyncio.Future[Any]) -> None:
         self._loop = future.get_loop()
-        self._current: asyncio.Future[None] | None = None
-        future.add_done_callback(self._settle)
+        self._current: Proxy | None = None
+        if type(future) is Proxy and not future.done():
+            future.follow(self)
+        else:
+            future.add_done_callback(self._settle)
 
-    def proxy(self) -> asyncio.Future[None]:
+    def proxy(self) -> Proxy:
         """A new proxy, replacing the current one (which a wake-up used)."""
-        proxy: asyncio.Future[None] = self._loop.create_future()
+        proxy = Proxy(loop=self._loop)
         proxy._asyncio_future_blocking = True  # as a future yielded by ``await`` is
         self._current = proxy
         return proxy
@@ -72,6 +80,35 @@ class ProxyLink:
         proxy, self._current = self._current, None
         if proxy is not None and not proxy.done():
             proxy.set_result(None)
+
+
+class Proxy(asyncio.Future[None]):
+    """A proxy future: the links made over it (by the layer above, waiting on it
+    as its app's future) are settled when it is, in the same call."""
+
+    __slots__ = ("_followers",)
+    _followers: list[ProxyLink]
+
+    def follow(self, link: ProxyLink) -> None:
+        """Settle ``link`` when this is done (it isn't yet)."""
+        try:
+            self._followers.append(link)
+        except AttributeError:  # the first one: the slot is still empty
+            self._followers = [link]
+
+    def set_result(self, result: None) -> None:
+        super().set_result(result)
+        self._settle_followers()
+
+    def cancel(self, msg: Any | None = None) -> bool:
+        cancelled = super().cancel(msg)
+        if cancelled:
+            self._settle_followers()
+        return cancelled
+
+    def _settle_followers(self) -> None:
+        for link in getattr(self, "_followers", []):
+            link._settle(self)
 
 
 def response_calls() -> tuple[CodeType, ...]:
