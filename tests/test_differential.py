@@ -28,6 +28,8 @@ if StockBaseHTTPMiddleware.__module__ != "starlette.middleware.base":  # pragma:
 
 import copy  # noqa: E402
 import functools  # noqa: E402
+import gc  # noqa: E402
+import warnings  # noqa: E402
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -36,7 +38,7 @@ from typing import Any  # noqa: E402
 import anyio  # noqa: E402
 import anyio.lowlevel  # noqa: E402
 import pytest  # noqa: E402
-from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import HealthCheck, assume, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from starlette.background import BackgroundTask  # noqa: E402
 from starlette.requests import Request  # noqa: E402
@@ -114,6 +116,8 @@ class Outcome:
     trace: list[tuple[str, Any]]
     error: tuple[str, str] | None = None  # type and message of the exception the app call raised
     chain: list[str] = field(default_factory=list)  # the exceptions a traceback would show below it
+    # The leaves of an exception group the app call raised, described as ``error`` is.
+    group_leaves: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def sends(self) -> list[Message]:
@@ -189,7 +193,14 @@ async def run_once(
             await app(scope(), recorder.receive, recorder.send)
     except Exception as exc:
         outcome.error, outcome.chain = _describe(exc), _chain(exc)
+        outcome.group_leaves = _leaves(exc)
     return outcome
+
+
+def _leaves(exc: BaseException) -> list[tuple[str, str]]:
+    if not isinstance(exc, BaseExceptionGroup):
+        return []
+    return [leaf for inner in exc.exceptions for leaf in (_leaves(inner) or [_describe(inner)])]
 
 
 def _format(outcome: Outcome) -> str:
@@ -987,3 +998,225 @@ def test_random_request_bodies(backend: str, plan: RequestPlan) -> None:
         return stack(base, echo_endpoint(rec, plan.endpoint_mode), dispatches)
 
     anyio.run(functools.partial(differential, build, incoming=request_messages(plan.chunks)), backend=backend)
+
+
+# --------------------------------------------------------------------------- random layer behaviours
+
+
+class LayerError(Exception):
+    """Raised by a layer's ``dispatch`` on purpose."""
+
+
+class EndpointError(Exception):
+    """Raised by the endpoint on purpose."""
+
+
+def behaving_dispatch(rec: Recorder, name: str, behaviour: str) -> Dispatch:
+    """A ``dispatch`` doing one of the things middleware does (``LAYER_BEHAVIOURS``)."""
+
+    async def record_background() -> None:
+        await anyio.lowlevel.checkpoint()
+        rec.event(f"{name}:background")
+
+    async def dispatch(request: Request, call_next: CallNext) -> Response:
+        rec.event(f"{name}:before")
+        if behaviour == "body":
+            rec.event(f"{name}:body", len(await request.body()))
+        elif behaviour == "stream":
+            rec.event(f"{name}:stream", [len(chunk) async for chunk in request.stream()])
+        elif behaviour == "raise-before":
+            raise LayerError(f"{name} before call_next")
+        elif behaviour == "own":
+            return PlainTextResponse(f"{name}'s own")
+        if behaviour == "catch":
+            try:
+                response = await call_next(request)
+            except EndpointError as exc:
+                rec.event(f"{name}:caught", str(exc))
+                return PlainTextResponse("caught", status_code=500)
+        else:
+            response = await call_next(request)
+        rec.event(f"{name}:after", response.status_code)
+        if behaviour == "raise-after":
+            raise LayerError(f"{name} after call_next")
+        if behaviour == "own-after":
+            return PlainTextResponse(f"{name}'s own, after")
+        if behaviour == "headers":
+            response.headers[f"x-{name}"] = "1"
+        elif behaviour == "background":
+            response.background = BackgroundTask(record_background)
+        elif behaviour == "rebuild":
+
+            # (No event per chunk: what went out shows in the sends, and how far
+            # ahead a stream's tasks pull chunks for a response that then fails
+            # is scheduling.)
+            async def relayed() -> AsyncIterator[bytes]:
+                async for chunk in response.body_iterator:  # type: ignore[attr-defined]
+                    yield chunk
+
+            return StreamingResponse(relayed(), status_code=response.status_code, headers=dict(response.headers))
+        return response
+
+    return dispatch
+
+
+def behaving_endpoint(rec: Recorder, behaviour: str) -> ASGIApp:
+    """The innermost app, as a routed endpoint would be (``ENDPOINT_BEHAVIOURS``)."""
+
+    async def record_background() -> None:
+        await anyio.lowlevel.checkpoint()
+        rec.event("endpoint:background")
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for i in range(3):
+            await anyio.lowlevel.checkpoint()
+            if behaviour == "raise-mid" and i == 1:
+                raise EndpointError("mid-stream")
+            yield b"chunk %d" % i
+
+    async def endpoint(scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope, receive, send)
+        response: Response
+        if behaviour == "raise-before":
+            raise EndpointError("before the response")
+        if behaviour == "read-body":
+            response = PlainTextResponse(str(len(await request.body())))
+        elif behaviour in ("stream", "raise-mid"):
+            response = StreamingResponse(chunks())
+        else:
+            background = BackgroundTask(record_background) if behaviour == "background" else None
+            response = PlainTextResponse("hello", background=background)
+        await response(scope, receive, send)
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await endpoint(scope, receive, send)
+        rec.event("app:returned")
+
+    return app
+
+
+LAYER_BEHAVIOURS = [
+    "pass", "headers", "body", "stream", "raise-before", "raise-after", "own", "own-after", "catch",
+    "background", "rebuild",
+]  # fmt: skip
+ENDPOINT_BEHAVIOURS = ["plain", "background", "read-body", "stream", "raise-before", "raise-mid"]
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    layers: list[str]  # behaviours, outermost first
+    endpoint: str
+    spec_version: str
+    body: list[bytes]
+
+
+layer_plans = st.builds(
+    LayerPlan,
+    layers=st.lists(st.sampled_from(LAYER_BEHAVIOURS), min_size=1, max_size=4),
+    endpoint=st.sampled_from(ENDPOINT_BEHAVIOURS),
+    spec_version=st.sampled_from(["2.3", "2.4"]),
+    body=st.lists(st.binary(max_size=8), max_size=3),
+)
+
+
+def pulls_the_body_from_another_task(plan: LayerPlan) -> bool:
+    """A "rebuild" layer on ASGI 2.3: its StreamingResponse pulls call_next's
+    body from a task of its own, not the middleware's."""
+    return plan.spec_version == "2.3" and "rebuild" in plan.layers
+
+
+def error_races_the_disconnect(plan: LayerPlan) -> bool:
+    """On ASGI 2.3 a layer answers in place of the endpoint (after call_next)
+    while the endpoint streams from a task, whose stream fails."""
+    return plan.spec_version == "2.3" and plan.endpoint == "raise-mid" and "own-after" in plan.layers
+
+
+# Stock Starlette, the reference, leaves its call_next's body_stream generator
+# unfinished on trio when dispatch raises after call_next; trio reports it
+# when it is collected. Stock's own (docs/reliability.md), only that is ignored.
+STOCK_BODY_STREAM_LEAK = (
+    "ignore:Exception ignored in. <async_generator object "
+    "BaseHTTPMiddleware.__call__.<locals>.call_next.<locals>.body_stream:pytest.PytestUnraisableExceptionWarning"
+)
+
+
+@pytest.mark.filterwarnings(STOCK_BODY_STREAM_LEAK)
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(plan=layer_plans)
+def test_random_layer_behaviours(backend: str, plan: LayerPlan) -> None:
+    """Stacks of layers that each do one thing middleware does (edit headers,
+    read the body, fail before or after ``call_next``, answer on their own,
+    catch the endpoint's error, add a background task, re-stream the body) over
+    an endpoint that answers, streams, fails or has background work: the same
+    messages, events and exception as through stock Starlette."""
+
+    # A known limitation, with strict expected failures of its own
+    # (test_call_next_body_pulled_from_another_task, README "Known limitations").
+    assume(not pulls_the_body_from_another_task(plan))
+
+    def build(base: Base, rec: Recorder) -> ASGIApp:
+        dispatches = [behaving_dispatch(rec, f"l{i}", behaviour) for i, behaviour in enumerate(plan.layers)]
+        return stack(base, behaving_endpoint(rec, plan.endpoint), dispatches)
+
+    def run(base: Base) -> tuple[Outcome, list[str]]:
+        # Each in a loop of its own, its warnings kept apart: on trio, stock
+        # leaves the endpoint's stream unfinished when a layer fails after
+        # call_next (trio warns when it is collected); ferroware may not.
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            outcome = anyio.run(
+                functools.partial(
+                    run_once,
+                    build,
+                    base,
+                    scope=functools.partial(http_scope, spec_version=plan.spec_version),
+                    incoming=request_messages(plan.body),
+                ),
+                backend=backend,
+            )
+            gc.collect()
+        return outcome, [f"{w.category.__name__}: {w.message}" for w in caught]
+
+    stock, _ = run(StockBaseHTTPMiddleware)
+    ferro, ferro_warnings = run(FerrowareBaseHTTPMiddleware)
+    assert not ferro_warnings, ferro_warnings
+    if stock.error != ferro.error and ferro.error in stock.group_leaves:
+        # On trio, stock may raise the layer's error in a group beside the
+        # endpoint's, which its stream met before the cancellation: a race.
+        assert ferro.sends == stock.sends, f"stock:\n{_format(stock)}\nferroware:\n{_format(ferro)}"
+        return
+    if error_races_the_disconnect(plan):
+        # The endpoint's stream fails after a layer answered in its place, while
+        # the endpoint is told the client is gone: whether its error comes out
+        # depends on which of the two its tasks meet first, in Starlette itself.
+        assert ferro.sends == stock.sends, f"stock:\n{_format(stock)}\nferroware:\n{_format(ferro)}"
+        assert ferro.error in (None, stock.error), f"stock:\n{_format(stock)}\nferroware:\n{_format(ferro)}"
+        return
+    assert_same(stock, ferro)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known limitation (README): call_next's body pulled from a task other than the middleware's "
+    "runs the endpoint there, across its cancel scopes",
+)
+@pytest.mark.parametrize(
+    ("layers", "endpoint"),
+    [(["rebuild"], "raise-mid"), (["pass", "rebuild"], "stream"), (["pass", "rebuild"], "raise-mid")],
+)
+def test_call_next_body_pulled_from_another_task(layers: list[str], endpoint: str) -> None:
+    """A layer answering with ``StreamingResponse(response.body_iterator)`` on an
+    ASGI 2.3 server, where that response streams from a task of its own, over
+    an endpoint that streams from a task too: the endpoint's coroutine is then
+    stepped in that task, and its task group's exit fails (asyncio: a
+    RuntimeError about cancel scopes in place of the endpoint's error, or after
+    the response; trio, not run here: "Nursery misnesting", or an internal
+    error of trio). Fixing it means pulling the body in the middleware's task."""
+    plan = LayerPlan(layers, endpoint, "2.3", [])
+
+    def build(base: Base, rec: Recorder) -> ASGIApp:
+        dispatches = [behaving_dispatch(rec, f"l{i}", behaviour) for i, behaviour in enumerate(plan.layers)]
+        return stack(base, behaving_endpoint(rec, plan.endpoint), dispatches)
+
+    anyio.run(functools.partial(differential, build, scope=functools.partial(http_scope, spec_version="2.3")))
