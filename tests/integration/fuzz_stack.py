@@ -3,8 +3,10 @@ it are built from, the request scope, and how their errors are compared."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+import anyio
 from starlette.requests import Request
 from starlette.types import ASGIApp, Scope
 
@@ -64,3 +66,15 @@ def raised(error: BaseException | None, kind: type[BaseException]) -> bool:
     if isinstance(error, BaseExceptionGroup):
         return error.subgroup(kind) is not None
     return type(error) is kind
+
+
+def run_bounded(main: Callable[[], Awaitable[None]], backend: str, what: str) -> Exception | None:
+    """Runs ``main`` (which bounds itself with ``anyio.fail_after(TIMEOUT)``) on
+    ``backend``: the exception it raised, if any. A hang fails the example."""
+    try:
+        anyio.run(main, backend=backend)
+    except TimeoutError as exc:
+        raise AssertionError(f"{what} hung on {backend}") from exc
+    except Exception as exc:
+        return exc
+    return None

@@ -28,7 +28,7 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 import pytest
-from fuzz_stack import STOCK_BODY_STREAM_LEAK, TIMEOUT, AppError, build, http_scope, raised
+from fuzz_stack import STOCK_BODY_STREAM_LEAK, TIMEOUT, AppError, build, http_scope, raised, run_bounded
 from rel_harness import SUMMARY
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
@@ -177,12 +177,7 @@ def drive(
         with anyio.fail_after(TIMEOUT):
             await app(http_scope("2.4" if client.send_fails_after is not None else "2.3"), receive, send)
 
-    try:
-        anyio.run(main, backend=backend)
-    except TimeoutError as exc:
-        raise AssertionError(f"{base.__module__} stack hung on {backend}: {script} {client}") from exc
-    except Exception as exc:
-        run.error = exc
+    run.error = run_bounded(main, backend, f"{base.__module__} stack, {script} {client},")
     return run
 
 

@@ -36,7 +36,7 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 import pytest
-from fuzz_stack import STOCK_BODY_STREAM_LEAK, TIMEOUT, AppError, build, http_scope, raised
+from fuzz_stack import STOCK_BODY_STREAM_LEAK, TIMEOUT, AppError, build, http_scope, raised, run_bounded
 from rel_harness import SUMMARY
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -146,12 +146,7 @@ def drive(base: type, steps: list[tuple[Any, ...]], background: bool, client: Cl
     # here: trio warns of an async generator left unfinished then.
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        try:
-            anyio.run(main, backend=backend)
-        except TimeoutError as exc:
-            raise AssertionError(f"{base.__module__} stack hung on {backend}: {steps} {client}") from exc
-        except Exception as exc:
-            run.error = exc
+        run.error = run_bounded(main, backend, f"{base.__module__} stack, {steps} {client},")
         gc.collect()
     run.warnings = [f"{w.category.__name__}: {w.message}" for w in caught]
     return run
