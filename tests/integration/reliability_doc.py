@@ -151,6 +151,7 @@ def write_reliability(summary: dict[str, Any], passed: int, failed: int, wrk_ver
         add(f"{fuzz['examples']} examples: {fuzz['valid']} valid message sequences (client output and the app's "
             f"receives equal to stock Starlette's), {fuzz['invalid']} invalid ones (a `RuntimeError` or "
             f"`TypeError` from the app call), {fuzz['app-error']} with an app error (same exception as stock); "
+            "sent from the app's task or, on asyncio, from a child task while its main task waits on the group; "
             "random request bodies, disconnects mid-body and connections gone mid-response (ASGI 2.4 `OSError`); "
             "each run bounded by `anyio.fail_after(5)`, none hung.")  # fmt: skip
     else:
