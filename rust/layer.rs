@@ -12,7 +12,6 @@
 //! final chunk, the exact messages Starlette's `call_next` response sends.
 //! Any other response is sent by calling it, as Starlette does.
 
-use crate::timing::clock;
 use pyo3::exceptions::{PyException, PyRuntimeError, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyMapping, PyTuple};
@@ -24,6 +23,7 @@ use crate::drive::{DriveCore, Goal, Outcome};
 use crate::gil_cell::GilCell;
 use crate::message::Message;
 use crate::objects::{instance_dict, instantiate, own_attr};
+use crate::timing::clock;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Phase {

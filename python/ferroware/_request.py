@@ -111,20 +111,20 @@ class DispatchRequest(Request):
                 if chunk:
                     break
             elif message["type"] == "http.disconnect":
-                self._is_disconnected = True
                 return self._disconnect()
         self._delivered = self._stream_consumed
         return {"type": "http.request", "body": chunk, "more_body": not self._stream_consumed}
 
     def _disconnect(self) -> Message:
-        """What the app is told once the client is gone; the channel learns it too."""
+        """What the app is told once the client is gone; the request and the
+        channel learn it too."""
+        self._is_disconnected = True
         self._told_disconnect = True
         self.channel.client_gone()
         return {"type": "http.disconnect"}
 
     def _seen(self, message: Message) -> Message:
         if message["type"] == "http.disconnect":
-            self._is_disconnected = True
             return self._disconnect()
         if message["type"] != "http.request":  # pragma: no cover - a server bug
             raise RuntimeError(f"Unexpected message received: {message['type']}")
