@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import anyio
+import helpers
 import pytest
 from starlette.middleware.base import BaseHTTPMiddleware as StockBaseHTTPMiddleware
 from starlette.requests import Request
@@ -32,6 +33,11 @@ async def streams_from_a_child(scope: Scope, receive: Receive, send: Send) -> No
 
     async with anyio.create_task_group() as tg:  # the main task waits here, not in receive
         tg.start_soon(stream)
+
+
+def spec_scope(spec_version: str) -> Scope:
+    """A GET / scope from a server speaking ASGI spec ``spec_version``."""
+    return helpers.http_scope(asgi={"version": "3.0", "spec_version": spec_version})
 
 
 async def add_header(request: Request, call_next: CallNext) -> Response:
@@ -61,7 +67,7 @@ async def _serve_app(app: Any) -> list[Message]:
         if message["type"] == "http.response.body" and not message.get("more_body", False):
             done.set()
 
-    scope = {"type": "http", "method": "GET", "path": "/", "headers": [], "asgi": {"spec_version": "2.3"}}
+    scope = spec_scope("2.3")
     with anyio.fail_after(2):
         await app(scope, receive, send)
     return sent
@@ -209,7 +215,7 @@ async def test_a_long_stream_from_a_task_piles_nothing_up_per_chunk(anyio_backen
                 waiting.set_result(None)
             done.set()
 
-    scope = {"type": "http", "method": "GET", "path": "/", "headers": [], "asgi": {"spec_version": "2.3"}}
+    scope = spec_scope("2.3")
     with anyio.fail_after(10):
         await app(scope, receive, send)
     assert b"".join(m.get("body", b"") for m in sent[1:]) == b"".join(b"%d;" % i for i in range(chunks))
@@ -234,7 +240,7 @@ async def _serve_recording_tasks(app: Any) -> list[tuple[Message, bool]]:
         if message["type"] == "http.response.body" and not message.get("more_body", False):
             done.set()
 
-    scope = {"type": "http", "method": "GET", "path": "/", "headers": [], "asgi": {"spec_version": "2.3"}}
+    scope = spec_scope("2.3")
     async with asyncio.timeout(2):
         await app(scope, receive, send)
     return sent
@@ -354,7 +360,7 @@ async def _streaming_through(middleware_cls: type, layers: int, send: Send, *, r
         await anyio.sleep_forever()
         raise AssertionError("unreachable")
 
-    scope = {"type": "http", "method": "GET", "path": "/", "headers": [], "asgi": {"spec_version": "2.3"}}
+    scope = spec_scope("2.3")
     with anyio.fail_after(2):
         await app(scope, receive, send)
 
@@ -421,7 +427,7 @@ async def test_a_chunk_from_another_task_cancelled_in_the_server_fails_the_respo
     ours: Any = app
     for _ in range(layers):
         ours = BaseHTTPMiddleware(ours, dispatch=add_header)
-    scope = {"type": "http", "method": "GET", "path": "/", "headers": [], "asgi": {"spec_version": "2.3"}}
+    scope = spec_scope("2.3")
 
     async def receive() -> Message:
         await asyncio.sleep(10)
@@ -472,7 +478,7 @@ async def test_a_client_leaving_while_a_chunk_from_another_task_is_in_the_server
         app: Any = StreamingResponse(chunks())
         for _ in range(layers):
             app = middleware_cls(app, dispatch=add_header)
-        scope = {"type": "http", "method": "GET", "path": "/", "headers": [], "asgi": {"spec_version": "2.3"}}
+        scope = spec_scope("2.3")
         async with asyncio.timeout(2):
             await app(scope, receive, send)
         return bodies
@@ -593,7 +599,7 @@ async def test_an_app_waking_from_a_wait_takes_as_many_loop_passes_behind_ten_la
 
         ticking_task = loop.create_task(ticker())
         await asyncio.sleep(0)
-        scope = {"type": "http", "method": "GET", "path": "/", "headers": [], "asgi": {"spec_version": "2.4"}}
+        scope = spec_scope("2.4")
         await stack(scope, receive, send)
         ticking = False
         await ticking_task
