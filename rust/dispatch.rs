@@ -239,6 +239,10 @@ pub struct ChannelInner {
     /// The app was told the client disconnected (`receive` gave it
     /// `http.disconnect`): nobody reads the rest of the body.
     pub(crate) client_gone: bool,
+    /// True while the layer steps the response `dispatch` returned, in our
+    /// task: a `receive` it makes then may serve pulls of the body from other
+    /// tasks (`rust/pull.rs`).
+    pub(crate) responding: bool,
 }
 
 /// The app is suspended on `future` (asyncio); our task waits on `proxy`, which
@@ -374,6 +378,7 @@ impl Channel {
                 forward_waiter: None,
                 forward_error: None,
                 client_gone: false,
+                responding: false,
             }),
         }
     }
@@ -558,8 +563,19 @@ impl Channel {
         slf
     }
 
-    fn __anext__(slf: &Bound<'_, Self>) -> Drive {
-        Drive::new(slf, Goal::Body)
+    /// The next chunk, stepped here; once there is a hand-off, it says what to
+    /// await instead when the caller may be another task (`rust/pull.rs`).
+    fn __anext__(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
+        let py = slf.py();
+        let handoff = match slf.get().inner(py) {
+            this if this.state == State::Started => this.handoff_ref(py),
+            _ => None, // the body is over: the drive ends at once, stepping nothing
+        };
+        let drive = Drive::new(slf, Goal::Body).into_py_any(py)?;
+        match handoff {
+            Some(handoff) => Ok(handoff.bind(py).call_method1(intern!(py, "pull"), (slf, drive))?.unbind()),
+            None => Ok(drive),
+        }
     }
 
     /// Stops the body iteration early, as `aclose()` on Starlette's body
@@ -589,6 +605,12 @@ impl Channel {
     #[getter]
     fn stepping(&self, py: Python<'_>) -> bool {
         self.inner(py).stepping
+    }
+
+    /// True while the layer is stepping its own response in the current task.
+    #[getter]
+    fn responding(&self, py: Python<'_>) -> bool {
+        self.inner(py).responding
     }
 
     #[getter]

@@ -120,6 +120,22 @@ impl DriveCore {
         }
     }
 
+    /// Stops stepping toward the goal while the app waits on an asyncio future
+    /// (true; false when it waits on anything else): the app stays suspended
+    /// there, as between two goals, and the task goes back to the caller's
+    /// scope. A later core takes the wait over.
+    pub fn suspend(&mut self, channel: &Bound<'_, Channel>) -> PyResult<bool> {
+        let py = channel.py();
+        {
+            let mut this = channel.get().inner_mut(py);
+            let Some(waiting) = this.waiting.as_ref() else { return Ok(false) };
+            // Its proxy was ours: the next core makes its own.
+            this.waiting = Some(waiting.again(py));
+        }
+        self.leave_app_scope(channel)?;
+        Ok(true)
+    }
+
     fn enter_app_scope(&mut self, channel: &Bound<'_, Channel>) -> PyResult<()> {
         let py = channel.py();
         if self.goal == Goal::Start {

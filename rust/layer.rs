@@ -23,6 +23,7 @@ use crate::drive::{DriveCore, Goal, Outcome};
 use crate::gil_cell::GilCell;
 use crate::message::Message;
 use crate::objects::{instance_dict, instantiate, own_attr};
+use crate::pull;
 use crate::timing::clock;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -59,6 +60,10 @@ enum Step {
     BodyEnd,
     /// A send held back behind a chunk forwarded from another task can go now.
     Resend(Message),
+    /// A pull of the body by another task was served: resume the response.
+    Served,
+    /// The sub-step changed on the way (a pull's turn came): step it now.
+    Again,
 }
 
 /// What the layer awaits right now.
@@ -74,6 +79,10 @@ enum Sub {
     /// through our `send` has got through (`rust/forward.rs`): wait
     /// on `waiter`, then send `message`.
     AfterForward { waiter: Py<PyAny>, message: Option<Message>, yielded: bool },
+    /// The response (`Respond`) took a turn to serve a pull of `call_next`'s
+    /// body by another task (`rust/pull.rs`): the core steps the app to its
+    /// next chunk for that task, then the response is resumed.
+    Serve { response: Py<PyAny>, core: DriveCore },
 }
 
 /// `await dispatcher(scope, receive, send)`: the awaitable for one request
@@ -216,9 +225,27 @@ impl Layer {
         }
         loop {
             let stepped: PyResult<Step> = match self.sub.as_mut() {
+                Some(Sub::Py(iter)) if self.phase == Phase::Respond => {
+                    let iter = iter.clone_ref(py);
+                    self.step_response(py, iter, input)
+                }
                 Some(Sub::Py(iter)) => {
                     let iter = iter.clone_ref(py);
                     resume(py, iter.bind(py), input).map(Step::from)
+                }
+                Some(Sub::Serve { core, .. }) => {
+                    let channel = self.channel.as_ref().expect("channel exists after begin").bind(py);
+                    // Its puller gave up: back to the response, the app left
+                    // waiting where it is (when it can be: on an asyncio future).
+                    let given_up = matches!(input, Input::Send(_)) && !pull::wanted(channel)?;
+                    if given_up && core.suspend(channel)? {
+                        Ok(Step::Served)
+                    } else {
+                        match core.step(channel, input) {
+                            Outcome::Yield(value) => Ok(Step::Yield(value)),
+                            settled => pull::deliver(channel, settled).map(|()| Step::Served),
+                        }
+                    }
                 }
                 Some(Sub::Pause { pause, yielded }) => {
                     if *yielded {
@@ -285,6 +312,14 @@ impl Layer {
                     self.sub = None;
                     self.await_send(py, message)
                 }
+                Ok(Step::Served) => match self.sub.take() {
+                    Some(Sub::Serve { response, .. }) => {
+                        self.sub = Some(Sub::Py(response));
+                        Ok(true)
+                    }
+                    _ => Err(PyRuntimeError::new_err("ferroware: a served pull lost its response")),
+                },
+                Ok(Step::Again) => Ok(true),
                 Err(err) => {
                     self.sub = None;
                     Err(err)
@@ -302,6 +337,28 @@ impl Layer {
                     return Err(err);
                 }
             }
+        }
+    }
+
+    /// Steps the response `dispatch` returned, marking the channel as
+    /// `responding` meanwhile: a `receive` it makes then is made in our task
+    /// (`ferroware._handoff.ServerReceive`). When it yields a pull's turn, the
+    /// app is stepped for that pull next (`Sub::Serve`).
+    fn step_response(&mut self, py: Python<'_>, response: Py<PyAny>, input: Input) -> PyResult<Step> {
+        let channel = self.channel().clone_ref(py);
+        let channel = channel.bind(py);
+        channel.get().inner_mut(py).responding = true;
+        let stepped = resume(py, response.bind(py), input);
+        channel.get().inner_mut(py).responding = false;
+        match stepped? {
+            coro::Step::Yield(value) if pull::is_turn(value.bind(py)) => {
+                if pull::take(channel)? {
+                    self.sub = Some(Sub::Serve { response, core: DriveCore::new(Goal::Body) });
+                }
+                // Stepped next: the core from its start, or (no pull waits) the response.
+                Ok(Step::Again)
+            }
+            step => Ok(step.into()),
         }
     }
 
@@ -780,7 +837,7 @@ crate::awaitable_pymethods!(RunLayer {
             layer.phase = Phase::Done;
             (layer.sub.take(), layer.channel.as_ref().map(|c| c.clone_ref(py)))
         };
-        if let Some(Sub::Py(iter)) = sub {
+        if let Some(Sub::Py(iter) | Sub::Serve { response: iter, .. }) = sub {
             iter.bind(py).call_method0(intern!(py, "close"))?;
         }
         if let Some(channel) = channel {

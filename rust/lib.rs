@@ -18,6 +18,7 @@ mod headers;
 mod layer;
 mod message;
 mod objects;
+mod pull;
 mod timing;
 
 #[pymodule]
@@ -28,6 +29,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     drive::init(m)?;
     forward::init(m)?;
     layer::init(m)?;
+    pull::init(m)?;
     chain::init(m)?;
     headers::init(m)?;
     timing::init(m)?;

@@ -36,9 +36,10 @@ from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 import anyio  # noqa: E402
+import anyio.abc  # noqa: E402
 import anyio.lowlevel  # noqa: E402
 import pytest  # noqa: E402
-from hypothesis import HealthCheck, assume, given, settings  # noqa: E402
+from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from starlette.background import BackgroundTask  # noqa: E402
 from starlette.requests import Request  # noqa: E402
@@ -1119,12 +1120,6 @@ layer_plans = st.builds(
 )
 
 
-def pulls_the_body_from_another_task(plan: LayerPlan) -> bool:
-    """A "rebuild" layer on ASGI 2.3: its StreamingResponse pulls call_next's
-    body from a task of its own, not the middleware's."""
-    return plan.spec_version == "2.3" and "rebuild" in plan.layers
-
-
 def error_races_the_disconnect(plan: LayerPlan) -> bool:
     """On ASGI 2.3 a layer answers in place of the endpoint (after call_next)
     while the endpoint streams from a task, whose stream fails."""
@@ -1140,6 +1135,21 @@ STOCK_BODY_STREAM_LEAK = (
 )
 
 
+def run_apart(build: Build, base: Base, *, backend: str, **kwargs: Any) -> tuple[Outcome, list[str]]:
+    """``run_once`` in an event loop of its own, with the warnings it gave.
+
+    Kept apart because stock Starlette leaves the endpoint's stream unfinished
+    when a layer answers or fails after call_next (its task is cancelled
+    there), which the event loop reports when that stream is collected, maybe
+    during the next run; ferroware may not.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        outcome = anyio.run(functools.partial(run_once, build, base, **kwargs), backend=backend)
+        gc.collect()
+    return outcome, [f"{w.category.__name__}: {w.message}" for w in caught]
+
+
 @pytest.mark.filterwarnings(STOCK_BODY_STREAM_LEAK)
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -1151,33 +1161,17 @@ def test_random_layer_behaviours(backend: str, plan: LayerPlan) -> None:
     an endpoint that answers, streams, fails or has background work: the same
     messages, events and exception as through stock Starlette."""
 
-    # A known limitation, with strict expected failures of its own
-    # (test_call_next_body_pulled_from_another_task, README "Known limitations").
-    assume(not pulls_the_body_from_another_task(plan))
-
     def build(base: Base, rec: Recorder) -> ASGIApp:
         dispatches = [behaving_dispatch(rec, f"l{i}", behaviour) for i, behaviour in enumerate(plan.layers)]
         return stack(base, behaving_endpoint(rec, plan.endpoint), dispatches)
 
-    def run(base: Base) -> tuple[Outcome, list[str]]:
-        # Each in a loop of its own, its warnings kept apart: on trio, stock
-        # leaves the endpoint's stream unfinished when a layer fails after
-        # call_next (trio warns when it is collected); ferroware may not.
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            outcome = anyio.run(
-                functools.partial(
-                    run_once,
-                    build,
-                    base,
-                    scope=functools.partial(http_scope, spec_version=plan.spec_version),
-                    incoming=request_messages(plan.body),
-                ),
-                backend=backend,
-            )
-            gc.collect()
-        return outcome, [f"{w.category.__name__}: {w.message}" for w in caught]
-
+    run = functools.partial(
+        run_apart,
+        build,
+        backend=backend,
+        scope=functools.partial(http_scope, spec_version=plan.spec_version),
+        incoming=request_messages(plan.body),
+    )
     stock, _ = run(StockBaseHTTPMiddleware)
     ferro, ferro_warnings = run(FerrowareBaseHTTPMiddleware)
     assert not ferro_warnings, ferro_warnings
@@ -1196,27 +1190,171 @@ def test_random_layer_behaviours(backend: str, plan: LayerPlan) -> None:
     assert_same(stock, ferro)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known limitation (README): call_next's body pulled from a task other than the middleware's "
-    "runs the endpoint there, across its cancel scopes",
-)
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
 @pytest.mark.parametrize(
     ("layers", "endpoint"),
-    [(["rebuild"], "raise-mid"), (["pass", "rebuild"], "stream"), (["pass", "rebuild"], "raise-mid")],
+    [
+        (["rebuild"], "stream"),
+        (["rebuild"], "raise-mid"),
+        (["pass", "rebuild"], "stream"),
+        (["pass", "rebuild"], "raise-mid"),
+        (["rebuild", "pass"], "raise-mid"),
+        (["rebuild", "rebuild"], "stream"),
+        (["rebuild", "rebuild"], "raise-mid"),
+        # The outer layer's own answer ends the exchange while the rebuilding
+        # layer's task starts pulling: it must be cancelled, not step the app.
+        (["own-after", "rebuild"], "stream"),
+    ],
 )
-def test_call_next_body_pulled_from_another_task(layers: list[str], endpoint: str) -> None:
+def test_call_next_body_pulled_from_another_task(backend: str, layers: list[str], endpoint: str) -> None:
     """A layer answering with ``StreamingResponse(response.body_iterator)`` on an
-    ASGI 2.3 server, where that response streams from a task of its own, over
-    an endpoint that streams from a task too: the endpoint's coroutine is then
-    stepped in that task, and its task group's exit fails (asyncio: a
-    RuntimeError about cancel scopes in place of the endpoint's error, or after
-    the response; trio, not run here: "Nursery misnesting", or an internal
-    error of trio). Fixing it means pulling the body in the middleware's task."""
+    ASGI 2.3 server, where that response pulls the body from a task of its
+    own, over an endpoint that streams from a task too. Stepped in the pulling
+    task, the endpoint would leave its task group in a task other than the one
+    it entered it in (asyncio: a RuntimeError about cancel scopes in place of
+    the endpoint's error; trio: "Nursery misnesting", or an internal error of
+    trio); the pull is served by the middleware's task instead."""
     plan = LayerPlan(layers, endpoint, "2.3", [])
 
     def build(base: Base, rec: Recorder) -> ASGIApp:
         dispatches = [behaving_dispatch(rec, f"l{i}", behaviour) for i, behaviour in enumerate(plan.layers)]
         return stack(base, behaving_endpoint(rec, plan.endpoint), dispatches)
 
-    anyio.run(functools.partial(differential, build, scope=functools.partial(http_scope, spec_version="2.3")))
+    run = functools.partial(run_apart, build, backend=backend, scope=functools.partial(http_scope, spec_version="2.3"))
+    stock, _ = run(StockBaseHTTPMiddleware)
+    ferro, ferro_warnings = run(FerrowareBaseHTTPMiddleware)
+    assert not ferro_warnings, ferro_warnings
+    assert_same(stock, ferro)
+
+
+class RelayFromATask:
+    """Sends ``call_next``'s body from a task of its own while its own task
+    waits in ``receive`` for the disconnect, as ``StreamingResponse`` does on
+    ASGI 2.3, and lets a test interfere with the pulls: ``pull`` is how the
+    sending task asks for each chunk after the first."""
+
+    def __init__(self, response: Response, pull: Callable[[AsyncIterator[bytes], anyio.abc.TaskGroup], Any]) -> None:
+        self.body: AsyncIterator[bytes] = response.body_iterator  # type: ignore[attr-defined]
+        self.pull = pull
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async with anyio.create_task_group() as group:
+
+            async def stream() -> None:
+                await send({"type": "http.response.start", "status": 200, "headers": []})
+                chunk = await self.body.__anext__()
+                while chunk is not None:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    chunk = await self.pull(self.body, group)
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                group.cancel_scope.cancel()
+
+            group.start_soon(stream)
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            group.cancel_scope.cancel()
+
+
+class HeldBackChunks:
+    """A first chunk, then a second held back until ``release``, ``holding``
+    set meanwhile. Not a generator: when the client is gone, Starlette's
+    ``StreamingResponse`` leaves its iterator where it is, and the event loop
+    would report a generator collected unfinished, at a time of its choosing."""
+
+    def __init__(self, holding: anyio.Event, release: anyio.Event) -> None:
+        self.holding, self.release = holding, release
+        self.sent = 0
+
+    def __aiter__(self) -> HeldBackChunks:
+        return self
+
+    async def __anext__(self) -> bytes:
+        self.sent += 1
+        if self.sent == 1:
+            return b"first"
+        if self.sent == 2:
+            self.holding.set()
+            await self.release.wait()
+            return b"second"
+        raise StopAsyncIteration
+
+
+def held_back_stream(holding: anyio.Event, release: anyio.Event) -> ASGIApp:
+    """An endpoint streaming ``HeldBackChunks`` from a task group of its own (ASGI 2.3)."""
+    return StreamingResponse(HeldBackChunks(holding, release))
+
+
+async def next_or_none(body: AsyncIterator[bytes]) -> bytes | None:
+    try:
+        return await body.__anext__()
+    except StopAsyncIteration:
+        return None
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_a_pull_from_another_task_given_up_ends_the_body(backend: str) -> None:
+    """The task pulling ``call_next``'s body is cancelled while the endpoint
+    holds its next chunk back: as with Starlette's body generator, which a
+    cancelled pull finishes, the body ends there (the chunk never goes out),
+    and the endpoint, let go, doesn't run in the pulling task."""
+
+    def build(base: Base, rec: Recorder) -> ASGIApp:
+        holding, release = anyio.Event(), anyio.Event()
+
+        async def impatient(body: AsyncIterator[bytes], group: anyio.abc.TaskGroup) -> bytes | None:
+            if release.is_set():
+                return await next_or_none(body)
+            with anyio.CancelScope() as pull:
+
+                async def give_up() -> None:
+                    await holding.wait()
+                    pull.cancel()
+                    rec.event("relay:gave-up")
+                    release.set()
+
+                group.start_soon(give_up)
+                return await next_or_none(body)
+            return await next_or_none(body)  # after giving up
+
+        async def dispatch(request: Request, call_next: CallNext) -> Response:
+            return RelayFromATask(await call_next(request), impatient)  # type: ignore[return-value]
+
+        return stack(base, held_back_stream(holding, release), [dispatch])
+
+    run = functools.partial(run_apart, build, backend=backend, scope=functools.partial(http_scope, spec_version="2.3"))
+    stock, _ = run(StockBaseHTTPMiddleware)
+    ferro, ferro_warnings = run(FerrowareBaseHTTPMiddleware)
+    assert not ferro_warnings, ferro_warnings
+    assert_same(stock, ferro)
+    assert [message.get("body") for message in ferro.sends] == [None, b"first", b""]
+    assert ferro.events == ["relay:gave-up"]
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_the_body_pulled_by_two_tasks_at_once_fails_the_second(backend: str) -> None:
+    """Two tasks pulling ``call_next``'s body at the same time: the second
+    fails with a RuntimeError, as a second ``__anext__`` of Starlette's body
+    generator does; ferroware's says what happened."""
+
+    def build(base: Base, rec: Recorder) -> ASGIApp:
+        holding, release = anyio.Event(), anyio.Event()
+
+        async def twice(body: AsyncIterator[bytes], group: anyio.abc.TaskGroup) -> bytes | None:
+            if not holding.is_set():
+                group.start_soon(next_or_none, body)  # held back by the endpoint
+                await holding.wait()
+            return await next_or_none(body)
+
+        async def dispatch(request: Request, call_next: CallNext) -> Response:
+            return RelayFromATask(await call_next(request), twice)  # type: ignore[return-value]
+
+        return stack(base, held_back_stream(holding, release), [dispatch])
+
+    run = functools.partial(run_apart, build, backend=backend, scope=functools.partial(http_scope, spec_version="2.3"))
+    stock, _ = run(StockBaseHTTPMiddleware)
+    ferro, ferro_warnings = run(FerrowareBaseHTTPMiddleware)
+    assert not ferro_warnings, ferro_warnings
+    # Raised in the response's task group, so each raises it in a group.
+    assert [kind for kind, _ in stock.group_leaves] == ["builtins.RuntimeError"], stock
+    assert ferro.group_leaves == [("builtins.RuntimeError", "the response body is already being read by another task")]
+    assert ferro.sends == stock.sends

@@ -26,12 +26,16 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
 import anyio
+from anyio import get_current_task
+from anyio.lowlevel import checkpoint
 
 from starlette.types import Message, Receive
 
+from ferroware._core import PullTurn
 from ferroware._scheduling import running_asyncio_loop
 
 if TYPE_CHECKING:
@@ -77,10 +81,32 @@ class _Parked:
         self.error: BaseException | None = None
 
 
-class Handoff:
-    """Per-request meeting point between foreign senders and waiting receives."""
+class _Pull:
+    """A pull of the body from another task, served by the middleware's task:
+    the flag the puller waits on, and the outcome (a chunk, or the error to
+    raise: ``StopAsyncIteration`` at the end)."""
 
-    __slots__ = ("_parked", "_held", "_relaying_wait", "_other_waits", "closed", "_loop")
+    __slots__ = ("done", "chunk", "error")
+
+    def __init__(self, done: _Flag) -> None:
+        self.done = done
+        self.chunk: object = None
+        self.error: BaseException | None = None
+
+    def outcome(self) -> object:
+        if self.error is not None:
+            raise self.error
+        return self.chunk
+
+
+class Handoff:
+    """Per-request meeting point between foreign senders, pullers of the body,
+    and waiting receives."""
+
+    __slots__ = (
+        "_parked", "_held", "_relaying_wait", "_other_waits", "_home_wait", "_pull", "_serving", "_home_task",
+        "closed", "_loop",
+    )  # fmt: skip
 
     def __init__(self) -> None:
         # Asked once per request: every send and receive of it runs on this loop.
@@ -91,6 +117,13 @@ class Handoff:
         # ones other tasks wait in (woken only when the response is done).
         self._relaying_wait: anyio.CancelScope | None = None
         self._other_waits: set[anyio.CancelScope] = set()
+        # The receive of the layer's own response, in the layer's task (one
+        # of the other waits): a pull of the body from another task interrupts
+        # it, and the layer steps the app for that pull (``rust/pull.rs``).
+        self._home_wait: anyio.CancelScope | None = None
+        self._pull: _Pull | None = None  # waiting for the layer's task
+        self._serving: _Pull | None = None  # being served by it (None once its puller left)
+        self._home_task: int | None = None  # the layer's task, once it waited there
         self.closed = False
 
     @staticmethod
@@ -128,12 +161,72 @@ class Handoff:
             held.error = error
             held.taken.set()
 
+    def pull(self, channel: Channel, drive: Awaitable[object]) -> Awaitable[object]:
+        """For the body iterator's ``__anext__``, given the ``drive`` that steps
+        the app for the next chunk in the calling task: what to await instead.
+
+        When the layer's task waits in its response's ``receive``, the caller
+        is another task: the chunk is pulled for it by the layer's task. When
+        the layer's task is elsewhere but has waited there before, a caller
+        from another task steps the app itself after a checkpoint: its response
+        may have cancelled it already (a ``StreamingResponse`` whose client
+        left), and stepping the app there should be the last resort.
+        """
+        if self._home_wait is not None or self._pull is not None or self._serving is not None:
+            return self._pull_through_home(channel)
+        if self._home_task is not None and get_current_task().id != self._home_task:
+            return _after_checkpoint(drive)
+        return drive
+
+    async def _pull_through_home(self, channel: Channel) -> object:
+        if self._pull is not None or self._serving is not None or self._home_wait is None:
+            raise RuntimeError("the response body is already being read by another task")
+        pull = self._pull = _Pull(_Flag(self._loop))
+        self._home_wait.cancel()
+        try:
+            await pull.done.wait()
+        except BaseException:
+            # The puller gave up (cancelled): the body ends here for good, as
+            # Starlette's body generator ends when its pull is cancelled. The
+            # layer's task, if serving it, is woken to stop (rust/pull.rs).
+            if self._pull is pull:
+                self._pull = None
+            if self._serving is pull:
+                self._serving = None
+                channel.wake()
+            await channel.aclose()
+            raise
+        return pull.outcome()
+
+    def take_pull(self) -> bool:
+        """For the layer (its response's ``receive`` gave it the turn): the
+        waiting pull is now being served; False if none waits any more."""
+        self._serving, self._pull = self._pull, None
+        return self._serving is not None
+
+    def pull_wanted(self) -> bool:
+        """For the layer: whether the pull it serves still has its puller."""
+        return self._serving is not None
+
+    def deliver(self, chunk: object, error: BaseException | None) -> None:
+        """For the layer: the served pull's outcome (dropped if its puller left)."""
+        pull, self._serving = self._serving, None
+        if pull is not None:
+            pull.chunk, pull.error = chunk, error
+            pull.done.set()
+
     def close(self) -> None:
-        """The response went out (or failed): release parked senders, wake waiters."""
+        """The response went out (or failed): release parked senders and
+        pullers, wake waiters."""
         self.closed = True
         self.release(None)
         while self._parked:
             self._parked.popleft().taken.set()
+        for pull in (self._pull, self._serving):
+            if pull is not None:
+                pull.error = StopAsyncIteration()
+                pull.done.set()
+        self._pull = self._serving = None
         for scope in [self._relaying_wait, *self._other_waits]:
             if scope is not None:
                 scope.cancel()
@@ -148,6 +241,11 @@ class Handoff:
                 parked.error = exc
             finally:
                 parked.taken.set()
+
+
+async def _after_checkpoint(drive: Awaitable[object]) -> object:
+    await checkpoint()
+    return await drive
 
 
 class ServerReceive:
@@ -175,12 +273,20 @@ class ServerReceive:
                 return dict(_DISCONNECT)
             if channel.stepping and not self.interrupt_stepped:
                 return await self.receive()
+            # The layer's own response waiting here, in the layer's task.
+            home = not channel.stepping and channel.responding
+            if home and handoff._pull is not None:
+                await PullTurn()  # the layer steps the app for that pull
+                continue
             with anyio.CancelScope() as scope:
                 relaying = channel.stepping
                 if relaying:
                     handoff._relaying_wait = scope
                 else:
                     handoff._other_waits.add(scope)
+                    if home:
+                        handoff._home_wait = scope
+                        handoff._home_task = get_current_task().id
                 try:
                     return await self.receive()
                 finally:
@@ -188,4 +294,6 @@ class ServerReceive:
                         handoff._relaying_wait = None
                     else:
                         handoff._other_waits.discard(scope)
-            # Interrupted by a parked send or by the response's end: go round.
+                        if home:
+                            handoff._home_wait = None
+            # Interrupted by a parked send, a pull, or the response's end: go round.

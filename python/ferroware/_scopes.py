@@ -18,6 +18,7 @@ before, with the limitation documented in docs/design.md).
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -73,5 +74,32 @@ def trio_scopes() -> tuple[Any, Any, str, Move] | None:
     return task, task, "_cancel_status", _move_trio
 
 
+# The nurseries the app has open, taken off its task's nursery stack while
+# the layer runs (trio pops that stack at each nursery's exit and checks that
+# it popped its own), by the cancel status the app is suspended in.
+_stashed_nurseries: weakref.WeakKeyDictionary[Any, list[Any]] = weakref.WeakKeyDictionary()
+
+
 def _move_trio(task: Any, holder: Any, from_status: Any, to_status: Any) -> None:
+    nurseries: list[Any] | None = getattr(task, "_child_nurseries", None)
+    if nurseries and from_status is not None:
+        # The innermost nurseries opened under the status left, not under the
+        # one entered: the app's, while control goes back to the layer.
+        leaving = _with_parents(from_status) - _with_parents(to_status)
+        stash = []
+        while nurseries and getattr(nurseries[-1], "_cancel_status", None) in leaving:
+            stash.append(nurseries.pop())
+        if stash:
+            _stashed_nurseries[from_status] = stash
     task._activate_cancel_status(to_status)
+    if nurseries is not None and to_status is not None:
+        nurseries.extend(reversed(_stashed_nurseries.pop(to_status, [])))
+
+
+def _with_parents(status: Any) -> set[Any]:
+    """A trio cancel status and every status enclosing it."""
+    chain = set()
+    while status is not None:
+        chain.add(status)
+        status = status._parent
+    return chain

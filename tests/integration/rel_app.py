@@ -13,9 +13,11 @@ the same request to both and compare what the client gets:
 
 The mixed stack, outermost first: pure ASGI ``Outer``, decorator ``layer_b``,
 pure ASGI ``Counter``, decorator ``layer_a``, decorator ``faults`` (raises or
-times out on request), the ``Subclass`` layer, decorator ``reader`` (reads the
-whole body with ``request.body()`` on ``/upload-read``), pure ASGI ``Inner``,
-then FastAPI's router.
+times out on request), decorator ``restream`` (re-streams the body on
+request), the ``Subclass`` layer, decorator ``reader`` (reads the whole body
+with ``request.body()`` on ``/upload-read``), pure ASGI ``Inner``, then
+FastAPI's router. An exception escaping the app on a re-streamed request is
+recorded as an event.
 
 What the endpoints observe (cleanups, disconnects, cancellations), and every
 warning or unraisable exception in the process, is appended as one JSON line
@@ -252,6 +254,20 @@ async def reader(request: Request, call_next: CallNext) -> Response:
     return response
 
 
+async def restream(request: Request, call_next: CallNext) -> Response:
+    """Answers ``StreamingResponse`` over call_next's body on ``x-restream: 1``:
+    on ASGI 2.3 servers that response pulls the body from a task of its own."""
+    response = await call_next(request)
+    if request.headers.get("x-restream") != "1":
+        return response
+
+    async def relayed() -> AsyncIterator[bytes]:
+        async for chunk in response.body_iterator:  # type: ignore[attr-defined]
+            yield chunk
+
+    return StreamingResponse(relayed(), status_code=response.status_code, headers=dict(response.headers))
+
+
 # --- endpoints ---------------------------------------------------------------------------
 
 
@@ -369,6 +385,7 @@ def build(kind: str) -> fastapi.FastAPI:
     app.add_middleware(Inner)
     app.middleware("http")(reader)
     app.add_middleware(make_subclass(base))
+    app.middleware("http")(restream)
     app.middleware("http")(faults)
     app.middleware("http")(header_layer("layer-a"))
     app.add_middleware(Counter)
@@ -431,7 +448,13 @@ async def root(scope: Scope, receive: Receive, send: Send) -> None:
         return
     for prefix, app in PREFIXES.items():
         if path.startswith(prefix + "/"):
-            await app({**scope, "path": path[len(prefix) :]}, receive, send)
+            try:
+                await app({**scope, "path": path[len(prefix) :]}, receive, send)
+            except BaseException as exc:
+                if (b"x-restream", b"1") in scope["headers"]:
+                    tag = Request(scope).query_params.get("tag", "")
+                    record(ev="escaped", tag=tag, exc=type(exc).__name__, message=str(exc)[:200])
+                raise
             return
     response = PlainTextResponse("no such prefix", status_code=404)
     await response(scope, receive, send)

@@ -248,6 +248,62 @@ def test_fault_behaves_as_stock_starlette(server: Server, fault: str) -> None:
     assert server.get("/ferro/hello").outcome() == (200, b"hello", True)
 
 
+# --- the body re-streamed by a layer ------------------------------------------------------
+
+RESTREAMED = {
+    "download": "/download?size=2621440&tag={tag}",  # three chunks
+    "endpoint-after": "/fault/endpoint-after?tag={tag}",
+    "hello": "/hello?tag={tag}",
+}
+
+
+@pytest.mark.parametrize("case", list(RESTREAMED))
+def test_restreamed_body_behaves_as_stock_starlette(server: Server, case: str) -> None:
+    """A layer answering ``StreamingResponse`` over ``call_next``'s body (on
+    ASGI 2.3 servers pulled from that response's own task) with layers above
+    it, over an endpoint that streams (or fails mid-stream): the client gets
+    what it gets through stock Starlette, and the same exception (if any)
+    leaves the app, not one about cancel scopes or task groups."""
+    tags = {"ferro": tag(), "stock": tag()}
+    replies = {
+        kind: server.get(f"/{kind}{RESTREAMED[case].format(tag=t)}", headers={"x-restream": "1"}, timeout=20)
+        for kind, t in tags.items()
+    }
+    assert replies["ferro"].outcome() == replies["stock"].outcome(), f"{case} on {server.name}: {replies}"
+    time.sleep(0.2)  # an error is recorded as the request ends, after the client got what it gets
+    escaped = {kind: [(e["exc"], e["message"]) for e in server.events(ev="escaped", tag=t)] for kind, t in tags.items()}
+    assert escaped["ferro"] == escaped["stock"], f"{case} on {server.name}: {escaped}"
+
+
+@pytest.mark.parametrize("server", SERVERS_WITH_RELIABLE_POLLS, indirect=True)
+def test_client_gone_mid_restream_stops_the_stream(server: Server) -> None:
+    """The client leaves a re-streamed event stream after two events: the
+    endpoint's generator is cleaned up and stops, and nothing escapes the app
+    that doesn't through stock Starlette."""
+    tags = {"ferro": tag(), "stock": tag()}
+    for kind, t in tags.items():
+        sock = socket.create_connection((HOST, server.port), timeout=10)
+        try:
+            head = f"GET /{kind}/sse-forever?tag={t} HTTP/1.1\r\nHost: {HOST}\r\nx-restream: 1\r\n\r\n"
+            sock.sendall(head.encode())
+            received = b""
+            while received.count(b"data: ") < 2:
+                data = sock.recv(65536)
+                assert data, f"{kind}: the stream ended early on {server.name}"
+                received += data
+        finally:
+            sock.close()
+    for kind, t in tags.items():
+        assert server.wait_for_event(timeout=5, ev="cleanup", tag=t), f"{kind}: no cleanup on {server.name}"
+    time.sleep(0.3)  # three more production periods: nothing may come
+    escaped = {kind: [(e["exc"], e["message"]) for e in server.events(ev="escaped", tag=t)] for kind, t in tags.items()}
+    assert escaped["ferro"] == escaped["stock"], f"on {server.name}: {escaped}"
+    for kind, t in tags.items():
+        seen = server.events(tag=t)
+        cleanup_at = next(e["t"] for e in seen if e["ev"] == "cleanup")
+        assert not [e for e in seen if e["t"] > cleanup_at and e["ev"] == "produced"], f"{kind}: {seen}"
+
+
 # --- shutdown ----------------------------------------------------------------------------
 
 

@@ -1,0 +1,96 @@
+//! `call_next`'s body pulled by another task, stepped in the middleware's own.
+//!
+//! A `dispatch` that answers `StreamingResponse(response.body_iterator)` (or a
+//! generator over it) has that response pull the body; on servers older than
+//! ASGI spec 2.4 the response does so from a task of its own, while the
+//! middleware's task waits in the `receive` it gave the response for the
+//! client's disconnect. The downstream app must not be stepped in that other
+//! task: an app that keeps a task group open across two steps (Starlette's
+//! `StreamingResponse` does) would enter it in one task and leave it in
+//! another.
+//!
+//! So such a pull is handed to the middleware's task (`ferroware._handoff`):
+//! the puller parks, and interrupts that `receive`, which awaits a `PullTurn`.
+//! The layer, stepping its response, sees the turn come out (`RunLayer`,
+//! `Sub::Serve`), steps the app to its next chunk there, gives the outcome to
+//! the puller (`deliver`), and resumes the response, whose `receive` waits
+//! again. A puller that gives up (cancelled) ends the body, as Starlette's
+//! body generator ends; the serving stops at once if the app waits on an
+//! asyncio future (it is woken for that), else when the app's next step is
+//! done, and its chunk is dropped.
+
+use pyo3::exceptions::PyStopAsyncIteration;
+use pyo3::intern;
+use pyo3::prelude::*;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::coro::Input;
+use crate::dispatch::Channel;
+use crate::drive::Outcome;
+
+/// Awaited by the response's `receive` when a pull is waiting: yields the
+/// `PullTurn` type itself once (no event loop takes a type, so it can't be
+/// mistaken for a suspension), then returns once the layer resumes it.
+#[pyclass(module = "ferroware._core", frozen)]
+pub struct PullTurn {
+    yielded: AtomicBool,
+}
+
+impl PullTurn {
+    fn step(&self, py: Python<'_>, input: Input) -> PyResult<Option<Py<PyAny>>> {
+        match input {
+            Input::Throw(err) => Err(err),
+            Input::Send(_) if self.yielded.load(Ordering::Relaxed) => Ok(None),
+            Input::Send(_) => {
+                self.yielded.store(true, Ordering::Relaxed);
+                Ok(Some(py.get_type::<PullTurn>().into_any().unbind()))
+            }
+        }
+    }
+}
+
+crate::awaitable_pymethods!(PullTurn {
+    #[new]
+    fn new() -> Self {
+        PullTurn { yielded: AtomicBool::new(false) }
+    }
+});
+
+/// Whether `value`, yielded by the layer's response, is a `PullTurn`'s.
+pub fn is_turn(value: &Bound<'_, PyAny>) -> bool {
+    value.is(value.py().get_type::<PullTurn>())
+}
+
+/// The response's task took its turn: the waiting pull is being served.
+/// False if no pull waits (it was withdrawn): then there is nothing to do.
+pub fn take(channel: &Bound<'_, Channel>) -> PyResult<bool> {
+    let py = channel.py();
+    let Some(handoff) = channel.get().inner(py).handoff_ref(py) else { return Ok(false) };
+    handoff.bind(py).call_method0(intern!(py, "take_pull"))?.is_truthy()
+}
+
+/// Whether the pull being served still has its puller waiting.
+pub fn wanted(channel: &Bound<'_, Channel>) -> PyResult<bool> {
+    let py = channel.py();
+    let Some(handoff) = channel.get().inner(py).handoff_ref(py) else { return Ok(false) };
+    handoff.bind(py).call_method0(intern!(py, "pull_wanted"))?.is_truthy()
+}
+
+/// Gives the served pull its outcome: the chunk, the end of the body, or an error.
+pub fn deliver(channel: &Bound<'_, Channel>, outcome: Outcome) -> PyResult<()> {
+    let py = channel.py();
+    let Some(handoff) = channel.get().inner(py).handoff_ref(py) else { return Ok(()) };
+    let (chunk, error) = match outcome {
+        Outcome::Return(chunk) => (chunk, py.None()),
+        Outcome::End => (py.None(), PyStopAsyncIteration::new_err(()).into_value(py).into_any()),
+        Outcome::Raise(err) => (py.None(), err.into_value(py).into_any()),
+        Outcome::Yield(_) => unreachable!("a suspension is not an outcome of the pull"),
+    };
+    handoff.bind(py).call_method1(intern!(py, "deliver"), (chunk, error))?;
+    Ok(())
+}
+
+pub fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PullTurn>()?;
+    Ok(())
+}
