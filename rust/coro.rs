@@ -158,13 +158,23 @@ pub struct YieldOnce {
 
 impl YieldOnce {
     fn step(&self, py: Python<'_>, input: Input) -> PyResult<Option<Py<PyAny>>> {
-        match input {
-            Input::Throw(err) => Err(err),
-            Input::Send(_) if self.yielded.load(Ordering::Relaxed) => Ok(None),
-            Input::Send(_) => {
-                self.yielded.store(true, Ordering::Relaxed);
-                Ok(Some(py.None()))
-            }
+        yield_once(&self.yielded, input, || py.None())
+    }
+}
+
+/// One step of an awaitable that yields `value()` once, then returns (None):
+/// `yielded` is its flag, a relaxed atomic (a plain load or store).
+pub fn yield_once(
+    yielded: &AtomicBool,
+    input: Input,
+    value: impl FnOnce() -> Py<PyAny>,
+) -> PyResult<Option<Py<PyAny>>> {
+    match input {
+        Input::Throw(err) => Err(err),
+        Input::Send(_) if yielded.load(Ordering::Relaxed) => Ok(None),
+        Input::Send(_) => {
+            yielded.store(true, Ordering::Relaxed);
+            Ok(Some(value()))
         }
     }
 }

@@ -243,6 +243,9 @@ pub struct ChannelInner {
     /// task: a `receive` it makes then may serve pulls of the body from other
     /// tasks (`rust/pull.rs`).
     pub(crate) responding: bool,
+    /// That response has waited in such a `receive`: a pull of the body may
+    /// come from another task, and goes through the hand-off.
+    pub(crate) foreign_pulls: bool,
 }
 
 /// The app is suspended on `future` (asyncio); our task waits on `proxy`, which
@@ -379,6 +382,7 @@ impl Channel {
                 forward_error: None,
                 client_gone: false,
                 responding: false,
+                foreign_pulls: false,
             }),
         }
     }
@@ -563,13 +567,15 @@ impl Channel {
         slf
     }
 
-    /// The next chunk, stepped here; once there is a hand-off, it says what to
-    /// await instead when the caller may be another task (`rust/pull.rs`).
+    /// The next chunk, stepped here; once the layer's response has waited in
+    /// its `receive`, the hand-off says what to await instead, as the caller
+    /// may be another task (`rust/pull.rs`).
     fn __anext__(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
         let py = slf.py();
         let handoff = match slf.get().inner(py) {
-            this if this.state == State::Started => this.handoff_ref(py),
-            _ => None, // the body is over: the drive ends at once, stepping nothing
+            this if this.state == State::Started && this.foreign_pulls => this.handoff_ref(py),
+            // In our task, or the body is over (the drive ends at once, stepping nothing).
+            _ => None,
         };
         let drive = Drive::new(slf, Goal::Body).into_py_any(py)?;
         match handoff {
@@ -611,6 +617,12 @@ impl Channel {
     #[getter]
     fn responding(&self, py: Python<'_>) -> bool {
         self.inner(py).responding
+    }
+
+    /// The layer's response waited in its `receive` (`ServerReceive`): from
+    /// now on the body iterator asks the hand-off how to pull.
+    fn expect_foreign_pulls(&self, py: Python<'_>) {
+        self.inner_mut(py).foreign_pulls = true;
     }
 
     #[getter]

@@ -22,9 +22,9 @@
 use pyo3::exceptions::PyStopAsyncIteration;
 use pyo3::intern;
 use pyo3::prelude::*;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 
-use crate::coro::Input;
+use crate::coro::{yield_once, Input};
 use crate::dispatch::Channel;
 use crate::drive::Outcome;
 
@@ -38,14 +38,7 @@ pub struct PullTurn {
 
 impl PullTurn {
     fn step(&self, py: Python<'_>, input: Input) -> PyResult<Option<Py<PyAny>>> {
-        match input {
-            Input::Throw(err) => Err(err),
-            Input::Send(_) if self.yielded.load(Ordering::Relaxed) => Ok(None),
-            Input::Send(_) => {
-                self.yielded.store(true, Ordering::Relaxed);
-                Ok(Some(py.get_type::<PullTurn>().into_any().unbind()))
-            }
-        }
+        yield_once(&self.yielded, input, || py.get_type::<PullTurn>().into_any().unbind())
     }
 }
 

@@ -1150,6 +1150,15 @@ def run_apart(build: Build, base: Base, *, backend: str, **kwargs: Any) -> tuple
     return outcome, [f"{w.category.__name__}: {w.message}" for w in caught]
 
 
+def run_both_apart(build: Build, *, backend: str, **kwargs: Any) -> tuple[Outcome, Outcome]:
+    """Stock's outcome and ferroware's, each from ``run_apart``; ferroware's run
+    must have given no warning."""
+    stock, _ = run_apart(build, StockBaseHTTPMiddleware, backend=backend, **kwargs)
+    ferro, ferro_warnings = run_apart(build, FerrowareBaseHTTPMiddleware, backend=backend, **kwargs)
+    assert not ferro_warnings, ferro_warnings
+    return stock, ferro
+
+
 @pytest.mark.filterwarnings(STOCK_BODY_STREAM_LEAK)
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -1165,16 +1174,12 @@ def test_random_layer_behaviours(backend: str, plan: LayerPlan) -> None:
         dispatches = [behaving_dispatch(rec, f"l{i}", behaviour) for i, behaviour in enumerate(plan.layers)]
         return stack(base, behaving_endpoint(rec, plan.endpoint), dispatches)
 
-    run = functools.partial(
-        run_apart,
+    stock, ferro = run_both_apart(
         build,
         backend=backend,
         scope=functools.partial(http_scope, spec_version=plan.spec_version),
         incoming=request_messages(plan.body),
     )
-    stock, _ = run(StockBaseHTTPMiddleware)
-    ferro, ferro_warnings = run(FerrowareBaseHTTPMiddleware)
-    assert not ferro_warnings, ferro_warnings
     if stock.error != ferro.error and ferro.error in stock.group_leaves:
         # On trio, stock may raise the layer's error in a group beside the
         # endpoint's, which its stream met before the cancellation: a race.
@@ -1188,6 +1193,10 @@ def test_random_layer_behaviours(backend: str, plan: LayerPlan) -> None:
         assert ferro.error in (None, stock.error), f"stock:\n{_format(stock)}\nferroware:\n{_format(ferro)}"
         return
     assert_same(stock, ferro)
+
+
+# A server older than ASGI 2.4 (uvicorn): Starlette's responses stream from a task of their own.
+ASGI_2_3 = functools.partial(http_scope, spec_version="2.3")
 
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
@@ -1220,10 +1229,7 @@ def test_call_next_body_pulled_from_another_task(backend: str, layers: list[str]
         dispatches = [behaving_dispatch(rec, f"l{i}", behaviour) for i, behaviour in enumerate(plan.layers)]
         return stack(base, behaving_endpoint(rec, plan.endpoint), dispatches)
 
-    run = functools.partial(run_apart, build, backend=backend, scope=functools.partial(http_scope, spec_version="2.3"))
-    stock, _ = run(StockBaseHTTPMiddleware)
-    ferro, ferro_warnings = run(FerrowareBaseHTTPMiddleware)
-    assert not ferro_warnings, ferro_warnings
+    stock, ferro = run_both_apart(build, backend=backend, scope=ASGI_2_3)
     assert_same(stock, ferro)
 
 
@@ -1321,10 +1327,7 @@ def test_a_pull_from_another_task_given_up_ends_the_body(backend: str) -> None:
 
         return stack(base, held_back_stream(holding, release), [dispatch])
 
-    run = functools.partial(run_apart, build, backend=backend, scope=functools.partial(http_scope, spec_version="2.3"))
-    stock, _ = run(StockBaseHTTPMiddleware)
-    ferro, ferro_warnings = run(FerrowareBaseHTTPMiddleware)
-    assert not ferro_warnings, ferro_warnings
+    stock, ferro = run_both_apart(build, backend=backend, scope=ASGI_2_3)
     assert_same(stock, ferro)
     assert [message.get("body") for message in ferro.sends] == [None, b"first", b""]
     assert ferro.events == ["relay:gave-up"]
@@ -1350,10 +1353,7 @@ def test_the_body_pulled_by_two_tasks_at_once_fails_the_second(backend: str) -> 
 
         return stack(base, held_back_stream(holding, release), [dispatch])
 
-    run = functools.partial(run_apart, build, backend=backend, scope=functools.partial(http_scope, spec_version="2.3"))
-    stock, _ = run(StockBaseHTTPMiddleware)
-    ferro, ferro_warnings = run(FerrowareBaseHTTPMiddleware)
-    assert not ferro_warnings, ferro_warnings
+    stock, ferro = run_both_apart(build, backend=backend, scope=ASGI_2_3)
     # Raised in the response's task group, so each raises it in a group.
     assert [kind for kind, _ in stock.group_leaves] == ["builtins.RuntimeError"], stock
     assert ferro.group_leaves == [("builtins.RuntimeError", "the response body is already being read by another task")]

@@ -173,14 +173,16 @@ class Handoff:
         left), and stepping the app there should be the last resort.
         """
         if self._home_wait is not None or self._pull is not None or self._serving is not None:
-            return self._pull_through_home(channel)
+            return self._pull_through_home(channel, drive)
         if self._home_task is not None and get_current_task().id != self._home_task:
             return _after_checkpoint(drive)
         return drive
 
-    async def _pull_through_home(self, channel: Channel) -> object:
-        if self._pull is not None or self._serving is not None or self._home_wait is None:
+    async def _pull_through_home(self, channel: Channel, drive: Awaitable[object]) -> object:
+        if self._pull is not None or self._serving is not None:
             raise RuntimeError("the response body is already being read by another task")
+        if self._home_wait is None:  # the layer's task left that wait meanwhile
+            return await _after_checkpoint(drive)
         pull = self._pull = _Pull(_Flag(self._loop))
         self._home_wait.cancel()
         try:
@@ -286,7 +288,9 @@ class ServerReceive:
                     handoff._other_waits.add(scope)
                     if home:
                         handoff._home_wait = scope
-                        handoff._home_task = get_current_task().id
+                        if handoff._home_task is None:  # from now on, pulls come through here
+                            handoff._home_task = get_current_task().id
+                            channel.expect_foreign_pulls()
                 try:
                     return await self.receive()
                 finally:

@@ -3,11 +3,12 @@ it are built from, the request scope, and how their errors are compared."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import anyio
 from starlette.requests import Request
+from starlette.responses import StreamingResponse
 from starlette.types import ASGIApp, Scope
 
 # Each example's run is bounded by ``anyio.fail_after(TIMEOUT)``: a hang fails it.
@@ -27,13 +28,34 @@ class AppError(Exception):
     """Raised by the downstream app on purpose."""
 
 
-def build(base: type, app: ASGIApp, read: str) -> ASGIApp:
+class Relayed:
+    """An async iterator over another (not a generator: Starlette's
+    ``StreamingResponse`` leaves its iterator unfinished when its task is
+    cancelled, and trio would warn of a generator collected so)."""
+
+    def __init__(self, body: AsyncIterator[bytes]) -> None:
+        self.body = body
+
+    def __aiter__(self) -> Relayed:
+        return self
+
+    async def __anext__(self) -> bytes:
+        return await self.body.__anext__()
+
+
+def build(base: type, app: ASGIApp, read: str, restream: bool = False) -> ASGIApp:
     """Three layers of ``base`` (ferroware's or Starlette's ``BaseHTTPMiddleware``)
-    over ``app``: one passes through, one edits the response headers, the innermost
+    over ``app``: one passes through (or, with ``restream``, answers a
+    ``StreamingResponse`` over ``call_next``'s body, which it then pulls from a
+    task of its own on ASGI 2.3), one edits the response headers, the innermost
     reads the request body first (``read``: "none", "body" or "stream")."""
 
     async def passthrough(request: Request, call_next: Any) -> Any:
-        return await call_next(request)
+        response = await call_next(request)
+        if not restream:
+            return response
+        headers = dict(response.headers)
+        return StreamingResponse(Relayed(response.body_iterator), status_code=response.status_code, headers=headers)
 
     async def reader(request: Request, call_next: Any) -> Any:
         if read == "body":

@@ -16,8 +16,8 @@ pure ASGI ``Counter``, decorator ``layer_a``, decorator ``faults`` (raises or
 times out on request), decorator ``restream`` (re-streams the body on
 request), the ``Subclass`` layer, decorator ``reader`` (reads the whole body
 with ``request.body()`` on ``/upload-read``), pure ASGI ``Inner``, then
-FastAPI's router. An exception escaping the app on a re-streamed request is
-recorded as an event.
+FastAPI's router. A re-streamed request's end, and an exception escaping the
+app on it, are recorded as events.
 
 What the endpoints observe (cleanups, disconnects, cancellations), and every
 warning or unraisable exception in the process, is appended as one JSON line
@@ -448,13 +448,17 @@ async def root(scope: Scope, receive: Receive, send: Send) -> None:
         return
     for prefix, app in PREFIXES.items():
         if path.startswith(prefix + "/"):
+            if (b"x-restream", b"1") not in scope["headers"]:
+                await app({**scope, "path": path[len(prefix) :]}, receive, send)
+                return
+            tag = Request(scope).query_params.get("tag", "")
             try:
                 await app({**scope, "path": path[len(prefix) :]}, receive, send)
             except BaseException as exc:
-                if (b"x-restream", b"1") in scope["headers"]:
-                    tag = Request(scope).query_params.get("tag", "")
-                    record(ev="escaped", tag=tag, exc=type(exc).__name__, message=str(exc)[:200])
+                record(ev="escaped", tag=tag, exc=type(exc).__name__, message=str(exc)[:200])
                 raise
+            finally:
+                record(ev="ended", tag=tag)
             return
     response = PlainTextResponse("no such prefix", status_code=404)
     await response(scope, receive, send)

@@ -6,8 +6,11 @@ every chunk from a task of its own while its main task waits for the client to
 leave: the case where ferroware takes or forwards sends made from another task
 (docs/design.md, "Sends from another task"). ``test_fuzz_messages.py`` sends
 from the app's main task only. Here the stream is random (chunks, checkpoints,
-an error from the generator), the response may have a background task, and
-the client may leave at any point, in the way the server reports it:
+an error from the generator), the response may have a background task, the
+outermost layer may re-stream the body (``StreamingResponse`` over
+``call_next``'s, pulled from a task of its own on 2.3: docs/design.md, "The
+body pulled from another task"), and the client may leave at any point, in
+the way the server reports it:
 
 - ``raise``: the server's ``send`` raises ``OSError`` from then on (spec 2.4
   says so; some 2.3 servers do too);
@@ -107,9 +110,11 @@ def make_app(steps: list[tuple[Any, ...]], background: bool, run: Run) -> ASGIAp
     return app
 
 
-def drive(base: type, steps: list[tuple[Any, ...]], background: bool, client: Client, read: str, backend: str) -> Run:
+def drive(
+    base: type, steps: list[tuple[Any, ...]], background: bool, client: Client, read: str, restream: bool, backend: str
+) -> Run:
     run = Run()
-    app = build(base, make_app(steps, background, run), read)
+    app = build(base, make_app(steps, background, run), read, restream)
     requests: list[Message] = [
         {"type": "http.request", "body": chunk, "more_body": i < len(client.chunks) - 1}
         for i, chunk in enumerate(client.chunks or [b""])
@@ -163,13 +168,14 @@ STATS: dict[str, int] = {"examples": 0, "complete": 0, "client-left": 0, "app-er
     background=st.booleans(),
     client=clients,
     read=st.sampled_from(["none", "body", "stream"]),
+    restream=st.booleans(),
     backend=st.sampled_from(["asyncio", "trio"]),
 )
 def test_streaming_response_while_the_client_leaves(
-    steps: list[tuple[Any, ...]], background: bool, client: Client, read: str, backend: str
+    steps: list[tuple[Any, ...]], background: bool, client: Client, read: str, restream: bool, backend: str
 ) -> None:
-    ferro = drive(ferroware.BaseHTTPMiddleware, steps, background, client, read, backend)
-    stock = drive(StockBaseHTTPMiddleware, steps, background, client, read, backend)
+    ferro = drive(ferroware.BaseHTTPMiddleware, steps, background, client, read, restream, backend)
+    stock = drive(StockBaseHTTPMiddleware, steps, background, client, read, restream, backend)
     # Starlette's StreamingResponse doesn't close its iterator when its task is
     # cancelled, so trio may warn of the app's stream left unfinished, through
     # either stack; stock's runs may also warn of their own body_stream.
