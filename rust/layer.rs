@@ -235,17 +235,7 @@ impl Layer {
                 }
                 Some(Sub::Serve { core, .. }) => {
                     let channel = self.channel.as_ref().expect("channel exists after begin").bind(py);
-                    // Its puller gave up: back to the response, the app left
-                    // waiting where it is (when it can be: on an asyncio future).
-                    let given_up = matches!(input, Input::Send(_)) && !pull::wanted(channel)?;
-                    if given_up && core.suspend(channel)? {
-                        Ok(Step::Served)
-                    } else {
-                        match core.step(channel, input) {
-                            Outcome::Yield(value) => Ok(Step::Yield(value)),
-                            settled => pull::deliver(channel, settled).map(|()| Step::Served),
-                        }
-                    }
+                    serve(core, channel, input)
                 }
                 Some(Sub::Pause { pause, yielded }) => {
                     if *yielded {
@@ -344,6 +334,7 @@ impl Layer {
     /// `responding` meanwhile: a `receive` it makes then is made in our task
     /// (`ferroware._handoff.ServerReceive`). When it yields a pull's turn, the
     /// app is stepped for that pull next (`Sub::Serve`).
+    #[inline(never)] // off the relaying path: `run` stays as small as it was
     fn step_response(&mut self, py: Python<'_>, response: Py<PyAny>, input: Input) -> PyResult<Step> {
         let channel = self.channel().clone_ref(py);
         let channel = channel.bind(py);
@@ -668,6 +659,21 @@ impl Layer {
         self.sub = Some(Sub::App(DriveCore::new(Goal::Finish)));
         self.phase = Phase::Finish;
         Ok(true)
+    }
+}
+
+/// One step of serving a pull of the body by another task (`Sub::Serve`).
+#[inline(never)] // rare: kept out of `Layer::run`, the hot loop
+fn serve(core: &mut DriveCore, channel: &Bound<'_, Channel>, input: Input) -> PyResult<Step> {
+    // Its puller gave up: back to the response, the app left waiting where it
+    // is (when it can be: on an asyncio future).
+    let given_up = matches!(input, Input::Send(_)) && !pull::wanted(channel)?;
+    if given_up && core.suspend(channel)? {
+        return Ok(Step::Served);
+    }
+    match core.step(channel, input) {
+        Outcome::Yield(value) => Ok(Step::Yield(value)),
+        settled => pull::deliver(channel, settled).map(|()| Step::Served),
     }
 }
 

@@ -32,7 +32,9 @@ GRANIAN_NOTE = (
     "even with no middleware at all (`/bare` delivered 1 of 10 events in 2 of 4 tries with keep-alive, "
     "every time with `Connection: close`), so the two polling-stream tests "
     "(`test_event_stream_polling_is_disconnected_runs_to_the_end`, "
-    "`test_client_gone_mid_stream_stops_the_stream`) run on every server but granian. Reproducer: "
+    "`test_client_gone_mid_stream_stops_the_stream`) run on every server but granian, as do the two re-streaming "
+    "ones, whose response polls the server's `receive` on ASGI 2.3 (`test_restreamed_body_behaves_as_stock_starlette`, "
+    "`test_client_gone_mid_restream_stops_the_stream`). Reproducer: "
     "`cd tests/integration && REL_EVENTS=/tmp/e python -m granian --interface asgi --port 18140 rel_app:root`, "
     "then `curl -sN 'http://127.0.0.1:18140/bare/sse-forever?tag=x&limit=10' | grep -c ^data` (fewer than 10: cut)."
 )
@@ -160,8 +162,9 @@ def write_reliability(summary: dict[str, Any], passed: int, failed: int, wrk_ver
     streaming = summary.get("fuzz_streaming")
     if streaming:
         add(f"Streaming: {streaming['examples']} examples of Starlette's `StreamingResponse` (chunks, checkpoints, an "
-            f"error from its generator, a background task) while the client leaves, on ASGI 2.3 (chunks sent from "
-            f"the response's own task) and 2.4: {streaming['complete']} with the client staying, "
+            f"error from its generator, a background task), re-streamed by the outermost layer or not, while the "
+            f"client leaves, on ASGI 2.3 (chunks sent, and a re-streamed body pulled, from the responses' own tasks) "
+            f"and 2.4: {streaming['complete']} with the client staying, "
             f"{streaming['client-left']} with it leaving (the server's `send` raising `OSError`, or on 2.3 dropping "
             f"sends and `receive` reporting the disconnect), {streaming['app-error']} with the stream failing; the "
             "same exception type, messages and background work as through stock Starlette, nothing left unfinished "

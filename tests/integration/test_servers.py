@@ -257,6 +257,10 @@ RESTREAMED = {
 }
 
 
+# On ASGI 2.3 the re-streaming response polls the server's receive for the
+# disconnect; granian's spurious one (above) can stop stock's stream before the
+# endpoint's error reaches it, at random: granian is left out here too.
+@pytest.mark.parametrize("server", SERVERS_WITH_RELIABLE_POLLS, indirect=True)
 @pytest.mark.parametrize("case", list(RESTREAMED))
 def test_restreamed_body_behaves_as_stock_starlette(server: Server, case: str) -> None:
     """A layer answering ``StreamingResponse`` over ``call_next``'s body (on
