@@ -30,7 +30,6 @@ from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
 import anyio
-from anyio import get_current_task
 from anyio.lowlevel import checkpoint
 
 from starlette.types import Message, Receive
@@ -104,8 +103,7 @@ class Handoff:
     and waiting receives."""
 
     __slots__ = (
-        "_parked", "_held", "_relaying_wait", "_other_waits", "_home_wait", "_pull", "_serving", "_home_task",
-        "closed", "_loop",
+        "_parked", "_held", "_relaying_wait", "_other_waits", "_home_wait", "_pull", "_serving", "closed", "_loop"
     )  # fmt: skip
 
     def __init__(self) -> None:
@@ -123,7 +121,6 @@ class Handoff:
         self._home_wait: anyio.CancelScope | None = None
         self._pull: _Pull | None = None  # waiting for the layer's task
         self._serving: _Pull | None = None  # being served by it (None once its puller left)
-        self._home_task: int | None = None  # the layer's task, once it waited there
         self.closed = False
 
     @staticmethod
@@ -166,15 +163,16 @@ class Handoff:
         the app for the next chunk in the calling task: what to await instead.
 
         When the layer's task waits in its response's ``receive``, the caller
-        is another task: the chunk is pulled for it by the layer's task. When
-        the layer's task is elsewhere but has waited there before, a caller
-        from another task steps the app itself after a checkpoint: its response
-        may have cancelled it already (a ``StreamingResponse`` whose client
-        left), and stepping the app there should be the last resort.
+        is another task: the chunk is pulled for it by the layer's task. The
+        layer's task calls this only from its response (``responding``); any
+        other caller, while the layer's task is elsewhere, steps the app
+        itself after a checkpoint: its response may have cancelled it already
+        (a ``StreamingResponse`` whose client left), and stepping the app
+        there should be the last resort.
         """
         if self._home_wait is not None or self._pull is not None or self._serving is not None:
             return self._pull_through_home(channel, drive)
-        if self._home_task is not None and get_current_task().id != self._home_task:
+        if not channel.responding:
             return _after_checkpoint(drive)
         return drive
 
@@ -288,9 +286,7 @@ class ServerReceive:
                     handoff._other_waits.add(scope)
                     if home:
                         handoff._home_wait = scope
-                        if handoff._home_task is None:  # from now on, pulls come through here
-                            handoff._home_task = get_current_task().id
-                            channel.expect_foreign_pulls()
+                        channel.expect_foreign_pulls()  # from now on, pulls come through here
                 try:
                     return await self.receive()
                 finally:
