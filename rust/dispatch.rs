@@ -82,6 +82,8 @@ pub struct Hooks {
     /// `ProxyLink(future)`: hands out asyncio futures (`.proxy()`) done when
     /// `future` is, or earlier when a send from another task wakes one (see `drive.rs`).
     pub proxy_link: Py<PyAny>,
+    /// `Handoff.of(channel)`: the channel's hand-off, made on first use.
+    pub handoff_of: Py<PyAny>,
     /// `(get_running_loop, current_task, states, move)` or None, see `ferroware._scopes`.
     pub asyncio_scopes: Option<AsyncioScopes>,
     /// `trio_scopes() -> (task, holder, attribute, move) | None`.
@@ -96,7 +98,7 @@ pub struct Hooks {
 impl Hooks {
     #[new]
     #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (*, request_cls, request_template, response_cls, foreign_send, others_ready, checkpoint, proxy_link, asyncio_scopes, trio_scopes, response_calls))]
+    #[pyo3(signature = (*, request_cls, request_template, response_cls, foreign_send, others_ready, checkpoint, proxy_link, handoff_of, asyncio_scopes, trio_scopes, response_calls))]
     fn new(
         py: Python<'_>,
         request_cls: Py<PyType>,
@@ -106,6 +108,7 @@ impl Hooks {
         others_ready: Py<PyAny>,
         checkpoint: Py<PyAny>,
         proxy_link: Py<PyAny>,
+        handoff_of: Py<PyAny>,
         asyncio_scopes: Option<AsyncioScopes>,
         trio_scopes: Py<PyAny>,
         response_calls: Py<PyTuple>,
@@ -123,6 +126,7 @@ impl Hooks {
             others_ready,
             checkpoint,
             proxy_link,
+            handoff_of,
             asyncio_scopes,
             trio_scopes,
             response_calls,
@@ -243,8 +247,8 @@ pub struct ChannelInner {
     /// task: a `receive` it makes then may serve pulls of the body from other
     /// tasks (`rust/pull.rs`).
     pub(crate) responding: bool,
-    /// That response has waited in such a `receive`: a pull of the body may
-    /// come from another task, and goes through the hand-off.
+    /// That response was stepped before the body was over: a pull of the
+    /// body may come from another task, and goes through the hand-off.
     pub(crate) foreign_pulls: bool,
 }
 
@@ -567,9 +571,9 @@ impl Channel {
         slf
     }
 
-    /// The next chunk, stepped here; once the layer's response has waited in
-    /// its `receive`, the hand-off says what to await instead, as the caller
-    /// may be another task (`rust/pull.rs`).
+    /// The next chunk, stepped here; once the layer steps a response of its
+    /// own, the hand-off says what to await instead, as the caller may be
+    /// another task (`rust/pull.rs`).
     fn __anext__(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
         let py = slf.py();
         let handoff = match slf.get().inner(py) {
@@ -617,12 +621,6 @@ impl Channel {
     #[getter]
     fn responding(&self, py: Python<'_>) -> bool {
         self.inner(py).responding
-    }
-
-    /// The layer's response waited in its `receive` (`ServerReceive`): from
-    /// now on the body iterator asks the hand-off how to pull.
-    fn expect_foreign_pulls(&self, py: Python<'_>) {
-        self.inner_mut(py).foreign_pulls = true;
     }
 
     #[getter]

@@ -536,7 +536,7 @@ enum Wait {
 }
 
 /// An asyncio (or uvloop) future, as the app yields it to its task.
-fn is_asyncio_future(value: &Bound<'_, PyAny>) -> bool {
+pub(crate) fn is_asyncio_future(value: &Bound<'_, PyAny>) -> bool {
     value
         .getattr(intern!(value.py(), "_asyncio_future_blocking"))
         .is_ok_and(|blocking| blocking.is_truthy().unwrap_or(false))

@@ -18,8 +18,8 @@ use pyo3::types::{PyBytes, PyDict, PyList, PyMapping, PyTuple};
 use pyo3::{ffi, intern};
 
 use crate::coro::{self, resume, Input};
-use crate::dispatch::{Channel, Dispatcher, Pause, Sent, State};
-use crate::drive::{DriveCore, Goal, Outcome};
+use crate::dispatch::{Channel, Dispatcher, Pause, Sent, State, Waiting};
+use crate::drive::{is_asyncio_future, DriveCore, Goal, Outcome};
 use crate::gil_cell::GilCell;
 use crate::message::Message;
 use crate::objects::{instance_dict, instantiate, own_attr};
@@ -60,9 +60,8 @@ enum Step {
     BodyEnd,
     /// A send held back behind a chunk forwarded from another task can go now.
     Resend(Message),
-    /// A pull of the body by another task was served: resume the response.
-    Served,
-    /// The sub-step changed on the way (a pull's turn came): step it now.
+    /// The sub-step changed on the way (a pull is to be served, or the
+    /// response resumed): step it now.
     Again,
 }
 
@@ -79,10 +78,15 @@ enum Sub {
     /// through our `send` has got through (`rust/forward.rs`): wait
     /// on `waiter`, then send `message`.
     AfterForward { waiter: Py<PyAny>, message: Option<Message>, yielded: bool },
-    /// The response (`Respond`) took a turn to serve a pull of `call_next`'s
-    /// body by another task (`rust/pull.rs`): the core steps the app to its
-    /// next chunk for that task, then the response is resumed.
-    Serve { response: Py<PyAny>, core: DriveCore },
+    /// The response (`Respond`) waits on an asyncio future while a pull of
+    /// `call_next`'s body may come from another task: we wait on a proxy of
+    /// that future, which such a pull completes early (`rust/pull.rs`).
+    ResponseWaits { response: Py<PyAny>, waiting: Waiting },
+    /// A pull of `call_next`'s body by another task is served (`rust/pull.rs`):
+    /// the core steps the app to its next chunk for that task; then the
+    /// response is resumed (it took a turn for this), or, if it waits on a
+    /// future (`waiting`), waited for again.
+    Serve { response: Py<PyAny>, core: DriveCore, waiting: Option<Waiting> },
 }
 
 /// `await dispatcher(scope, receive, send)`: the awaitable for one request
@@ -233,9 +237,17 @@ impl Layer {
                     let iter = iter.clone_ref(py);
                     resume(py, iter.bind(py), input).map(Step::from)
                 }
+                Some(Sub::ResponseWaits { response, waiting }) => {
+                    let (response, waiting) = (response.clone_ref(py), waiting.again(py));
+                    self.response_woken(py, response, waiting, input)
+                }
                 Some(Sub::Serve { core, .. }) => {
-                    let channel = self.channel.as_ref().expect("channel exists after begin").bind(py);
-                    serve(core, channel, input)
+                    let channel = self.channel.as_ref().expect("channel exists after begin").clone_ref(py);
+                    match serve(core, channel.bind(py), input) {
+                        Ok(Some(value)) => Ok(Step::Yield(value)),
+                        Ok(None) => self.served(py),
+                        Err(err) => Err(err),
+                    }
                 }
                 Some(Sub::Pause { pause, yielded }) => {
                     if *yielded {
@@ -302,13 +314,6 @@ impl Layer {
                     self.sub = None;
                     self.await_send(py, message)
                 }
-                Ok(Step::Served) => match self.sub.take() {
-                    Some(Sub::Serve { response, .. }) => {
-                        self.sub = Some(Sub::Py(response));
-                        Ok(true)
-                    }
-                    _ => Err(PyRuntimeError::new_err("ferroware: a served pull lost its response")),
-                },
                 Ok(Step::Again) => Ok(true),
                 Err(err) => {
                     self.sub = None;
@@ -332,24 +337,109 @@ impl Layer {
 
     /// Steps the response `dispatch` returned, marking the channel as
     /// `responding` meanwhile: a `receive` it makes then is made in our task
-    /// (`ferroware._handoff.ServerReceive`). When it yields a pull's turn, the
-    /// app is stepped for that pull next (`Sub::Serve`).
+    /// (`ferroware._handoff.ServerReceive`). When it yields a pull's turn (trio),
+    /// the app is stepped for that pull next (`Sub::Serve`). When it waits on
+    /// an asyncio future while `call_next`'s body may still be pulled, we wait
+    /// on a proxy a pull can wake (`Sub::ResponseWaits`).
     #[inline(never)] // off the relaying path: `run` stays as small as it was
     fn step_response(&mut self, py: Python<'_>, response: Py<PyAny>, input: Input) -> PyResult<Step> {
         let channel = self.channel().clone_ref(py);
         let channel = channel.bind(py);
+        pull::expect(channel)?;
         channel.get().inner_mut(py).responding = true;
         let stepped = resume(py, response.bind(py), input);
         channel.get().inner_mut(py).responding = false;
         match stepped? {
             coro::Step::Yield(value) if pull::is_turn(value.bind(py)) => {
                 if pull::take(channel)? {
-                    self.sub = Some(Sub::Serve { response, core: DriveCore::new(Goal::Body) });
+                    self.serve_pull(response, None);
                 }
                 // Stepped next: the core from its start, or (no pull waits) the response.
                 Ok(Step::Again)
             }
+            coro::Step::Yield(value) if value.is_none(py) && pull::take(channel)? => {
+                // A bare yield (asyncio's "let the others run") with a pull
+                // from another task waiting: serve it first.
+                self.serve_pull(response, None);
+                Ok(Step::Again)
+            }
+            coro::Step::Yield(value)
+                if is_asyncio_future(value.bind(py)) && pull::may_come(channel, value.bind(py)) =>
+            {
+                // As a task does with the future it is given: it is ours to wait on now.
+                value.bind(py).setattr(intern!(py, "_asyncio_future_blocking"), false)?;
+                self.response_waits(py, response, Waiting::new(value))
+            }
             step => Ok(step.into()),
+        }
+    }
+
+    /// Steps the app for the pull just taken (`Sub::Serve`), then goes back
+    /// to `response` (or to its wait on a future).
+    fn serve_pull(&mut self, response: Py<PyAny>, waiting: Option<Waiting>) {
+        self.sub = Some(Sub::Serve { response, core: DriveCore::new(Goal::Body), waiting });
+    }
+
+    /// The response waits on `waiting.future`: serve a pull if one waits,
+    /// resume the response if the future is done, else wait on a new proxy of
+    /// it, which a pull from another task completes early.
+    fn response_waits(&mut self, py: Python<'_>, response: Py<PyAny>, waiting: Waiting) -> PyResult<Step> {
+        let channel = self.channel().clone_ref(py);
+        let channel = channel.bind(py);
+        if pull::take(channel)? {
+            self.serve_pull(response, Some(waiting));
+            return Ok(Step::Again);
+        }
+        if waiting.future.bind(py).call_method0(intern!(py, "done"))?.is_truthy()? {
+            self.sub = Some(Sub::Py(response));
+            return Ok(Step::Again);
+        }
+        let link = match &waiting.link {
+            Some(link) => link.clone_ref(py),
+            None => self.dispatcher.get().hooks.get().proxy_link.call1(py, (&waiting.future,))?,
+        };
+        let proxy = link.call_method0(py, intern!(py, "proxy"))?;
+        pull::wait_home(channel, proxy.bind(py))?;
+        let waiting = Waiting { future: waiting.future, proxy: Some(proxy.clone_ref(py)), link: Some(link) };
+        self.sub = Some(Sub::ResponseWaits { response, waiting });
+        Ok(Step::Yield(proxy))
+    }
+
+    /// Our task was resumed while the response waits on `waiting.future`.
+    #[inline(never)] // rare: kept out of `Layer::run`, the hot loop
+    fn response_woken(
+        &mut self,
+        py: Python<'_>,
+        response: Py<PyAny>,
+        waiting: Waiting,
+        input: Input,
+    ) -> PyResult<Step> {
+        pull::left_home(self.channel().bind(py))?;
+        match input {
+            Input::Throw(err) => {
+                // We were cancelled (or something was thrown in): as the event
+                // loop would have, cancel what the response waits on, and throw
+                // it in there.
+                waiting.future.bind(py).call_method0(intern!(py, "cancel"))?;
+                self.sub = Some(Sub::Py(response.clone_ref(py)));
+                self.step_response(py, response, Input::Throw(err))
+            }
+            Input::Send(_) => self.response_waits(py, response, waiting),
+        }
+    }
+
+    /// A pull was served: back to the response, or to waiting for its future.
+    #[inline(never)] // rare: kept out of `Layer::run`, the hot loop
+    fn served(&mut self, py: Python<'_>) -> PyResult<Step> {
+        match self.sub.take() {
+            Some(Sub::Serve { response, waiting: None, .. }) => {
+                self.sub = Some(Sub::Py(response));
+                Ok(Step::Again)
+            }
+            Some(Sub::Serve { response, waiting: Some(waiting), .. }) => {
+                self.response_waits(py, response, waiting.again(py))
+            }
+            _ => Err(PyRuntimeError::new_err("ferroware: a served pull lost its response")),
         }
     }
 
@@ -662,18 +752,19 @@ impl Layer {
     }
 }
 
-/// One step of serving a pull of the body by another task (`Sub::Serve`).
+/// One step of serving a pull of the body by another task (`Sub::Serve`):
+/// Some(value) to yield, None once served.
 #[inline(never)] // rare: kept out of `Layer::run`, the hot loop
-fn serve(core: &mut DriveCore, channel: &Bound<'_, Channel>, input: Input) -> PyResult<Step> {
+fn serve(core: &mut DriveCore, channel: &Bound<'_, Channel>, input: Input) -> PyResult<Option<Py<PyAny>>> {
     // Its puller gave up: back to the response, the app left waiting where it
     // is (when it can be: on an asyncio future).
     let given_up = matches!(input, Input::Send(_)) && !pull::wanted(channel)?;
     if given_up && core.suspend(channel)? {
-        return Ok(Step::Served);
+        return Ok(None);
     }
     match core.step(channel, input) {
-        Outcome::Yield(value) => Ok(Step::Yield(value)),
-        settled => pull::deliver(channel, settled).map(|()| Step::Served),
+        Outcome::Yield(value) => Ok(Some(value)),
+        settled => pull::deliver(channel, settled).map(|()| None),
     }
 }
 
@@ -843,7 +934,7 @@ crate::awaitable_pymethods!(RunLayer {
             layer.phase = Phase::Done;
             (layer.sub.take(), layer.channel.as_ref().map(|c| c.clone_ref(py)))
         };
-        if let Some(Sub::Py(iter) | Sub::Serve { response: iter, .. }) = sub {
+        if let Some(Sub::Py(iter) | Sub::Serve { response: iter, .. } | Sub::ResponseWaits { response: iter, .. }) = sub {
             iter.bind(py).call_method0(intern!(py, "close"))?;
         }
         if let Some(channel) = channel {

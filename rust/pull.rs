@@ -4,20 +4,22 @@
 //! generator over it) has that response pull the body; on servers older than
 //! ASGI spec 2.4 the response does so from a task of its own, while the
 //! middleware's task waits in the `receive` it gave the response for the
-//! client's disconnect. The downstream app must not be stepped in that other
-//! task: an app that keeps a task group open across two steps (Starlette's
-//! `StreamingResponse` does) would enter it in one task and leave it in
-//! another.
+//! client's disconnect (or, for other responses, for the end of a task group).
+//! The downstream app must not be stepped in that other task: an app that
+//! keeps a task group open across two steps (Starlette's `StreamingResponse`
+//! does) would enter it in one task and leave it in another.
 //!
 //! So such a pull is handed to the middleware's task (`ferroware._handoff`):
-//! the puller parks, and interrupts that `receive`, which awaits a `PullTurn`.
-//! The layer, stepping its response, sees the turn come out (`RunLayer`,
-//! `Sub::Serve`), steps the app to its next chunk there, gives the outcome to
-//! the puller (`deliver`), and resumes the response, whose `receive` waits
-//! again. A puller that gives up (cancelled) ends the body, as Starlette's
-//! body generator ends; the serving stops at once if the app waits on an
-//! asyncio future (it is woken for that), else when the app's next step is
-//! done, and its chunk is dropped.
+//! the puller parks and wakes that task where it waits (the *home wait*). On
+//! asyncio the layer waits on a proxy of whatever future its response waits
+//! on (`wait_home`, `RunLayer`'s `Sub::ResponseWaits`), which the puller
+//! completes; on trio the puller interrupts the response's `receive`, which
+//! awaits a `PullTurn` that the layer sees come out. Either way the layer
+//! steps the app to its next chunk there (`Sub::Serve`), gives the outcome to
+//! the puller (`deliver`), and goes back to its response. A puller that gives
+//! up (cancelled) ends the body, as Starlette's body generator ends; the
+//! serving stops at once if the app waits on an asyncio future (it is woken
+//! for that), else when the app's next step is done, and its chunk is dropped.
 
 use pyo3::exceptions::PyStopAsyncIteration;
 use pyo3::intern;
@@ -25,7 +27,7 @@ use pyo3::prelude::*;
 use std::sync::atomic::AtomicBool;
 
 use crate::coro::{yield_once, Input};
-use crate::dispatch::Channel;
+use crate::dispatch::{Channel, State};
 use crate::drive::Outcome;
 
 /// Awaited by the response's `receive` when a pull is waiting: yields the
@@ -52,6 +54,50 @@ crate::awaitable_pymethods!(PullTurn {
 /// Whether `value`, yielded by the layer's response, is a `PullTurn`'s.
 pub fn is_turn(value: &Bound<'_, PyAny>) -> bool {
     value.is(value.py().get_type::<PullTurn>())
+}
+
+/// Whether a pull of the body may still come from another task while the
+/// layer's response waits on `future`: the body is not over, and the response
+/// isn't waiting in a pull of its own, in our task (`future` is then the
+/// proxy the app's drive handed out).
+pub fn may_come(channel: &Bound<'_, Channel>, future: &Bound<'_, PyAny>) -> bool {
+    let this = channel.get().inner(channel.py());
+    this.state == State::Started
+        && !this.waiting.as_ref().and_then(|w| w.proxy.as_ref()).is_some_and(|proxy| future.is(proxy))
+}
+
+/// The layer is about to step a response of its own. If the body isn't over,
+/// from now on it is pulled through the hand-off: the puller may be another
+/// task, even before our task first waits (the response starts a task that
+/// pulls, then yields to the event loop).
+pub fn expect(channel: &Bound<'_, Channel>) -> PyResult<()> {
+    let py = channel.py();
+    {
+        let this = channel.get().inner(py);
+        if this.foreign_pulls || this.state != State::Started {
+            return Ok(());
+        }
+    }
+    channel.get().dispatcher.get().hooks.get().handoff_of.call1(py, (channel,))?;
+    channel.get().inner_mut(py).foreign_pulls = true;
+    Ok(())
+}
+
+/// Our task waits on `proxy` while the response waits (asyncio): a pull
+/// completes it.
+pub fn wait_home(channel: &Bound<'_, Channel>, proxy: &Bound<'_, PyAny>) -> PyResult<()> {
+    let py = channel.py();
+    let Some(handoff) = channel.get().inner(py).handoff_ref(py) else { return Ok(()) };
+    handoff.bind(py).call_method1(intern!(py, "wait_home"), (proxy,))?;
+    Ok(())
+}
+
+/// Our task was resumed: a pull can no longer wake it through its proxy.
+pub fn left_home(channel: &Bound<'_, Channel>) -> PyResult<()> {
+    let py = channel.py();
+    let Some(handoff) = channel.get().inner(py).handoff_ref(py) else { return Ok(()) };
+    handoff.bind(py).call_method0(intern!(py, "left_home"))?;
+    Ok(())
 }
 
 /// The response's task took its turn: the waiting pull is being served.

@@ -25,6 +25,7 @@ class Hooks:
         others_ready: Callable[[Any], bool],
         checkpoint: Callable[[], Awaitable[None]],
         proxy_link: Callable[[Any], Any],
+        handoff_of: Callable[[Channel], Any],
         asyncio_scopes: tuple[Any, Any, dict[Any, Any], Callable[[Any, Any, Any, Any], None]] | None,
         trio_scopes: Callable[[], tuple[Any, Any, str, Callable[[Any, Any, Any, Any], None]] | None],
         response_calls: tuple[CodeType, ...],
@@ -78,7 +79,6 @@ class Channel:
     def stepping(self) -> bool: ...
     @property
     def responding(self) -> bool: ...
-    def expect_foreign_pulls(self) -> None: ...
     def wake(self) -> bool: ...
     handoff: Any
 

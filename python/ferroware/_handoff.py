@@ -115,10 +115,13 @@ class Handoff:
         # ones other tasks wait in (woken only when the response is done).
         self._relaying_wait: anyio.CancelScope | None = None
         self._other_waits: set[anyio.CancelScope] = set()
-        # The receive of the layer's own response, in the layer's task (one
-        # of the other waits): a pull of the body from another task interrupts
-        # it, and the layer steps the app for that pull (``rust/pull.rs``).
-        self._home_wait: anyio.CancelScope | None = None
+        # Where the layer's task waits while its response does: a pull of the
+        # body from another task wakes it there, and the layer steps the app
+        # for that pull (``rust/pull.rs``). On asyncio a proxy of the future the
+        # response waits on (the layer registers it, ``wait_home``), wherever
+        # the response waits; on trio the cancel scope of the response's own
+        # ``receive`` (``ServerReceive``), the one wait we can interrupt.
+        self._home_wait: anyio.CancelScope | asyncio.Future[None] | None = None
         self._pull: _Pull | None = None  # waiting for the layer's task
         self._serving: _Pull | None = None  # being served by it (None once its puller left)
         self.closed = False
@@ -159,30 +162,57 @@ class Handoff:
             held.taken.set()
 
     def pull(self, channel: Channel, drive: Awaitable[object]) -> Awaitable[object]:
-        """For the body iterator's ``__anext__``, given the ``drive`` that steps
-        the app for the next chunk in the calling task: what to await instead.
+        """For the body iterator's ``__anext__`` once the layer steps a response
+        of its own, given the ``drive`` that steps the app for the next chunk
+        in the calling task: what to await instead.
 
-        When the layer's task waits in its response's ``receive``, the caller
-        is another task: the chunk is pulled for it by the layer's task. The
-        layer's task calls this only from its response (``responding``); any
-        other caller, while the layer's task is elsewhere, steps the app
-        itself after a checkpoint: its response may have cancelled it already
-        (a ``StreamingResponse`` whose client left), and stepping the app
-        there should be the last resort.
+        The layer's task calls this only from its response (``responding``):
+        it steps the app itself. Another task's pull is served by the layer's
+        task (``_pull_through_home``). On asyncio that task takes it wherever
+        its response next waits, as it waits on a proxy of that wait. On trio
+        only the home wait (the response's ``receive``) can be interrupted: a
+        pull while the layer's task is elsewhere checkpoints first (that task
+        may be on its way there, or its response may have cancelled the
+        caller already: a ``StreamingResponse`` whose client left), and only
+        then, still with no home wait, steps the app itself: the last resort.
         """
-        if self._home_wait is not None or self._pull is not None or self._serving is not None:
+        if self.closed:
+            return drive  # the response went out: the body is over
+        if self._at_home():
             return self._pull_through_home(channel, drive)
-        if not channel.responding:
-            return _after_checkpoint(drive)
-        return drive
+        if channel.responding:
+            return drive
+        if self._loop is not None:
+            return self._pull_through_home(channel, drive)
+        return self._after_checkpoint(channel, drive)
+
+    def _at_home(self) -> bool:
+        """Whether a pull must go through the layer's task: it waits at home,
+        or is serving a pull (or about to)."""
+        return self._home_wait is not None or self._pull is not None or self._serving is not None
+
+    async def _after_checkpoint(self, channel: Channel, drive: Awaitable[object]) -> object:
+        await checkpoint()
+        if self._at_home():
+            return await self._pull_through_home(channel, drive)
+        return await drive
 
     async def _pull_through_home(self, channel: Channel, drive: Awaitable[object]) -> object:
         if self._pull is not None or self._serving is not None:
             raise RuntimeError("the response body is already being read by another task")
-        if self._home_wait is None:  # the layer's task left that wait meanwhile
-            return await _after_checkpoint(drive)
+        if self.closed:
+            return await drive
+        home = self._home_wait
+        if home is None and self._loop is None:  # trio: the layer's task left that wait meanwhile
+            return await self._after_checkpoint(channel, drive)
         pull = self._pull = _Pull(_Flag(self._loop))
-        self._home_wait.cancel()
+        # Wake the layer's task; with no home wait (asyncio), it takes the
+        # pull at its response's next wait.
+        if isinstance(home, asyncio.Future):
+            if not home.done():
+                home.set_result(None)
+        elif home is not None:
+            home.cancel()
         try:
             await pull.done.wait()
         except BaseException:
@@ -198,9 +228,18 @@ class Handoff:
             raise
         return pull.outcome()
 
+    def wait_home(self, proxy: asyncio.Future[None]) -> None:
+        """For the layer (asyncio): its task waits on ``proxy`` while its
+        response waits; a pull from another task completes it."""
+        self._home_wait = proxy
+
+    def left_home(self) -> None:
+        """For the layer (asyncio): its task was resumed from that wait."""
+        self._home_wait = None
+
     def take_pull(self) -> bool:
-        """For the layer (its response's ``receive`` gave it the turn): the
-        waiting pull is now being served; False if none waits any more."""
+        """For the layer (its task was woken for a pull, or is about to wait):
+        the waiting pull is now being served; False if none waits any more."""
         self._serving, self._pull = self._pull, None
         return self._serving is not None
 
@@ -243,25 +282,22 @@ class Handoff:
                 parked.taken.set()
 
 
-async def _after_checkpoint(drive: Awaitable[object]) -> object:
-    await checkpoint()
-    return await drive
-
-
 class ServerReceive:
     """The server's ``receive`` as the downstream side uses it: interruptible by
     a parked send (to relay it) and by the end of the response (after which
     the app only ever sees a disconnect, as with Starlette)."""
 
-    __slots__ = ("channel", "receive", "interrupt_stepped")
+    __slots__ = ("channel", "receive", "no_proxies")
 
     def __init__(self, channel: Channel, receive: Receive) -> None:
         self.channel = channel
         self.receive = receive
         # On asyncio the dispatcher's task is woken through a proxy future
-        # wherever the app waits (see ``ProxyLink``): the stepped task's waits
-        # need no cancel scope there, which keeps body reads cheap.
-        self.interrupt_stepped = running_asyncio_loop() is None
+        # wherever the app, or the layer's response, waits (see ``ProxyLink``):
+        # the waits of the stepped task need no cancel scope there, which
+        # keeps body reads cheap, and neither does the response's own wait.
+        # On trio, with no proxies, those waits are interrupted by their scopes.
+        self.no_proxies = running_asyncio_loop() is None
 
     async def __call__(self) -> Message:
         channel = self.channel
@@ -271,10 +307,10 @@ class ServerReceive:
                 await handoff.relay_parked(channel)
             if channel.response_sent:
                 return dict(_DISCONNECT)
-            if channel.stepping and not self.interrupt_stepped:
+            if channel.stepping and not self.no_proxies:
                 return await self.receive()
             # The layer's own response waiting here, in the layer's task.
-            home = not channel.stepping and channel.responding
+            home = self.no_proxies and not channel.stepping and channel.responding
             if home and handoff._pull is not None:
                 await PullTurn()  # the layer steps the app for that pull
                 continue
@@ -286,7 +322,6 @@ class ServerReceive:
                     handoff._other_waits.add(scope)
                     if home:
                         handoff._home_wait = scope
-                        channel.expect_foreign_pulls()  # from now on, pulls come through here
                 try:
                     return await self.receive()
                 finally:

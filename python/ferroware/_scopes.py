@@ -31,7 +31,8 @@ try:
 
     _task_states: Any = _anyio_asyncio._task_states
     _ASYNCIO_OK = all(
-        hasattr(_anyio_asyncio.CancelScope, name) for name in ("_tasks", "_deliver_cancellation", "_cancel_called")
+        hasattr(_anyio_asyncio.CancelScope, name)
+        for name in ("_tasks", "_deliver_cancellation", "_cancel_called", "_parent_scope", "_shield")
     ) and "cancel_scope" in getattr(_anyio_asyncio.TaskState, "__slots__", ())
 except (ImportError, AttributeError):  # pragma: no cover - a future anyio
     _ASYNCIO_OK = False
@@ -54,8 +55,17 @@ def _move_asyncio(task: Any, state: Any, from_scope: Any, to_scope: Any) -> None
         from_scope._tasks.discard(task)
     if to_scope is not None:
         to_scope._tasks.add(task)
-        if to_scope._cancel_called:  # a cancellation that waited for us: deliver it now
-            to_scope._deliver_cancellation(to_scope)
+        # A cancellation that waited for us, of this scope or of one it is in
+        # (anyio stops delivering once no task is left in the cancelled
+        # scope): deliver it now.
+        scope = to_scope
+        while scope is not None:
+            if scope._cancel_called:
+                scope._deliver_cancellation(scope)
+                break
+            if scope._shield:
+                break
+            scope = scope._parent_scope
 
 
 def trio_scopes() -> tuple[Any, Any, str, Move] | None:

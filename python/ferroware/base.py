@@ -10,6 +10,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ferroware._core import Dispatcher, Hooks
+from ferroware._handoff import Handoff
 from ferroware._request import DispatchRequest, foreign_send, request_template
 from ferroware._response import CallNextResponse
 from ferroware._scheduling import ProxyLink, checkpoint, others_ready, response_calls
@@ -28,6 +29,7 @@ HOOKS = Hooks(
     others_ready=others_ready,
     checkpoint=checkpoint,
     proxy_link=ProxyLink,
+    handoff_of=Handoff.of,
     asyncio_scopes=asyncio_support(),
     trio_scopes=trio_scopes,
     response_calls=response_calls(),

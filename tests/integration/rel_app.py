@@ -255,10 +255,14 @@ async def reader(request: Request, call_next: CallNext) -> Response:
 
 
 async def restream(request: Request, call_next: CallNext) -> Response:
-    """Answers ``StreamingResponse`` over call_next's body on ``x-restream: 1``:
-    on ASGI 2.3 servers that response pulls the body from a task of its own."""
+    """Answers ``StreamingResponse`` over call_next's body on ``x-restream: 1``
+    (on ASGI 2.3 servers that response pulls the body from a task of its
+    own), or ``FromChildren`` on ``x-restream: children``."""
     response = await call_next(request)
-    if request.headers.get("x-restream") != "1":
+    how = request.headers.get("x-restream")
+    if how == "children":
+        return FromChildren(response)  # type: ignore[return-value]
+    if how != "1":
         return response
 
     async def relayed() -> AsyncIterator[bytes]:
@@ -266,6 +270,36 @@ async def restream(request: Request, call_next: CallNext) -> Response:
             yield chunk
 
     return StreamingResponse(relayed(), status_code=response.status_code, headers=dict(response.headers))
+
+
+class FromChildren:
+    """Streams a response's body from one child task and waits for the
+    disconnect in another, its own task only waiting for them to end (as
+    sse-starlette's ``EventSourceResponse`` does): its task never waits in the
+    ``receive`` it was given."""
+
+    def __init__(self, response: Response) -> None:
+        self.response = response
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = self.response
+        async with anyio.create_task_group() as group:
+
+            async def stream() -> None:
+                start = {"type": "http.response.start", "status": response.status_code, "headers": response.raw_headers}
+                await send(start)
+                async for chunk in response.body_iterator:  # type: ignore[attr-defined]
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                group.cancel_scope.cancel()
+
+            async def listen() -> None:
+                while (await receive())["type"] != "http.disconnect":
+                    pass
+                group.cancel_scope.cancel()
+
+            group.start_soon(stream)
+            group.start_soon(listen)
 
 
 # --- endpoints ---------------------------------------------------------------------------
@@ -448,7 +482,7 @@ async def root(scope: Scope, receive: Receive, send: Send) -> None:
         return
     for prefix, app in PREFIXES.items():
         if path.startswith(prefix + "/"):
-            if (b"x-restream", b"1") not in scope["headers"]:
+            if not any(name == b"x-restream" for name, _ in scope["headers"]):
                 await app({**scope, "path": path[len(prefix) :]}, receive, send)
                 return
             tag = Request(scope).query_params.get("tag", "")
