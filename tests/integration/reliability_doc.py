@@ -36,7 +36,11 @@ GRANIAN_NOTE = (
     "ones, whose response polls the server's `receive` on ASGI 2.3 (`test_restreamed_body_behaves_as_stock_starlette`, "
     "`test_client_gone_mid_restream_stops_the_stream`). Reproducer: "
     "`cd tests/integration && REL_EVENTS=/tmp/e python -m granian --interface asgi --port 18140 rel_app:root`, "
-    "then `curl -sN 'http://127.0.0.1:18140/bare/sse-forever?tag=x&limit=10' | grep -c ^data` (fewer than 10: cut)."
+    "then `curl -sN 'http://127.0.0.1:18140/bare/sse-forever?tag=x&limit=10' | grep -c ^data` (fewer than 10: cut). "
+    "The re-streaming tests run twice: with `StreamingResponse` over `call_next`'s body, and with a response that "
+    "pulls it from a child task while its own task only waits for its children (as sse-starlette's "
+    "`EventSourceResponse` does); the second is unsupported on trio (README, \"Known limitations\") and runs on the "
+    "asyncio servers only."
 )
 
 
