@@ -272,6 +272,18 @@ impl Waiting {
     pub fn again(&self, py: Python<'_>) -> Self {
         Waiting { future: self.future.clone_ref(py), proxy: None, link: self.link.as_ref().map(|l| l.clone_ref(py)) }
     }
+
+    /// The same wait with a new proxy of its future to wait on (from its link,
+    /// made now if this is the first), and that proxy.
+    pub fn proxied(&self, py: Python<'_>, hooks: &Hooks) -> PyResult<(Self, Py<PyAny>)> {
+        let link = match &self.link {
+            Some(link) => link.clone_ref(py),
+            None => hooks.proxy_link.call1(py, (&self.future,))?,
+        };
+        let proxy = link.call_method0(py, intern!(py, "proxy"))?;
+        let waiting = Waiting { future: self.future.clone_ref(py), proxy: Some(proxy.clone_ref(py)), link: Some(link) };
+        Ok((waiting, proxy))
+    }
 }
 
 /// How to read and move one task's cancel scope (see `ferroware._scopes`).
@@ -454,6 +466,18 @@ impl Channel {
             handoff.bind(slf.py()).call_method0(intern!(slf.py(), "close"))?;
         }
         Ok(())
+    }
+
+    /// Calls `method` of the channel's hand-off with `args`: what it returned,
+    /// or None if the channel has no hand-off (then nothing is parked on it).
+    pub fn call_handoff<'py>(
+        slf: &Bound<'py, Self>,
+        method: &Bound<'py, PyString>,
+        args: impl pyo3::call::PyCallArgs<'py>,
+    ) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let py = slf.py();
+        let Some(handoff) = slf.get().inner(py).handoff_ref(py) else { return Ok(None) };
+        handoff.into_bound(py).call_method1(method, args).map(Some)
     }
 
     /// `send(message)`: the channel's pause when the app is being stepped here,

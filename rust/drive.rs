@@ -341,14 +341,8 @@ impl DriveCore {
                 }
                 return self.while_waiting(channel, keep, Input::none(py));
             }
-            let link = match &waiting.link {
-                Some(link) => link.clone_ref(py),
-                None => channel.get().dispatcher.get().hooks.get().proxy_link.call1(py, (future,))?,
-            };
-            let proxy = link.call_method0(py, intern!(py, "proxy"))?;
-            let future = waiting.future.clone_ref(py);
-            channel.get().inner_mut(py).waiting =
-                Some(Waiting { future, proxy: Some(proxy.clone_ref(py)), link: Some(link) });
+            let (waiting, proxy) = waiting.proxied(py, channel.get().dispatcher.get().hooks.get())?;
+            channel.get().inner_mut(py).waiting = Some(waiting);
             return Ok(Wait::Again(Outcome::Yield(proxy)));
         }
         // After the response: no more hand-offs, wait on the app's own future.
@@ -545,19 +539,15 @@ pub(crate) fn is_asyncio_future(value: &Bound<'_, PyAny>) -> bool {
 /// The oldest message another task parked on this channel, if any; its sender
 /// stays held (waiting) until `release_held`, as a direct sender stays in `send`.
 fn take_parked<'py>(channel: &Bound<'py, Channel>) -> PyResult<Option<Bound<'py, PyAny>>> {
-    let py = channel.py();
-    let Some(handoff) = channel.get().inner(py).handoff_ref(py) else { return Ok(None) };
-    let message = handoff.bind(py).call_method0(intern!(py, "take"))?;
-    Ok((!message.is_none()).then_some(message))
+    let message = Channel::call_handoff(channel, intern!(channel.py(), "take"), ())?;
+    Ok(message.filter(|message| !message.is_none()))
 }
 
 /// Lets the held sender (if any) go on, with `error` raised in it if given.
 fn release_held(channel: &Bound<'_, Channel>, error: Option<PyErr>) -> PyResult<()> {
     let py = channel.py();
-    let Some(handoff) = channel.get().inner(py).handoff_ref(py) else { return Ok(()) };
     let error = error.map(|e| e.into_value(py).into_any()).unwrap_or_else(|| py.None());
-    handoff.bind(py).call_method1(intern!(py, "release"), (error,))?;
-    Ok(())
+    Channel::call_handoff(channel, intern!(py, "release"), (error,)).map(drop)
 }
 
 /// Starlette re-raises an app error in `call_next` as `raise exc from

@@ -394,13 +394,8 @@ impl Layer {
             self.sub = Some(Sub::Py(response));
             return Ok(Step::Again);
         }
-        let link = match &waiting.link {
-            Some(link) => link.clone_ref(py),
-            None => self.dispatcher.get().hooks.get().proxy_link.call1(py, (&waiting.future,))?,
-        };
-        let proxy = link.call_method0(py, intern!(py, "proxy"))?;
+        let (waiting, proxy) = waiting.proxied(py, self.dispatcher.get().hooks.get())?;
         pull::wait_home(channel, proxy.bind(py))?;
-        let waiting = Waiting { future: waiting.future, proxy: Some(proxy.clone_ref(py)), link: Some(link) };
         self.sub = Some(Sub::ResponseWaits { response, waiting });
         Ok(Step::Yield(proxy))
     }

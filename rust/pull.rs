@@ -86,47 +86,36 @@ pub fn expect(channel: &Bound<'_, Channel>) -> PyResult<()> {
 /// Our task waits on `proxy` while the response waits (asyncio): a pull
 /// completes it.
 pub fn wait_home(channel: &Bound<'_, Channel>, proxy: &Bound<'_, PyAny>) -> PyResult<()> {
-    let py = channel.py();
-    let Some(handoff) = channel.get().inner(py).handoff_ref(py) else { return Ok(()) };
-    handoff.bind(py).call_method1(intern!(py, "wait_home"), (proxy,))?;
-    Ok(())
+    Channel::call_handoff(channel, intern!(channel.py(), "wait_home"), (proxy,)).map(drop)
 }
 
 /// Our task was resumed: a pull can no longer wake it through its proxy.
 pub fn left_home(channel: &Bound<'_, Channel>) -> PyResult<()> {
-    let py = channel.py();
-    let Some(handoff) = channel.get().inner(py).handoff_ref(py) else { return Ok(()) };
-    handoff.bind(py).call_method0(intern!(py, "left_home"))?;
-    Ok(())
+    Channel::call_handoff(channel, intern!(channel.py(), "left_home"), ()).map(drop)
 }
 
 /// The response's task took its turn: the waiting pull is being served.
 /// False if no pull waits (it was withdrawn): then there is nothing to do.
 pub fn take(channel: &Bound<'_, Channel>) -> PyResult<bool> {
-    let py = channel.py();
-    let Some(handoff) = channel.get().inner(py).handoff_ref(py) else { return Ok(false) };
-    handoff.bind(py).call_method0(intern!(py, "take_pull"))?.is_truthy()
+    Channel::call_handoff(channel, intern!(channel.py(), "take_pull"), ())?.map_or(Ok(false), |taken| taken.is_truthy())
 }
 
 /// Whether the pull being served still has its puller waiting.
 pub fn wanted(channel: &Bound<'_, Channel>) -> PyResult<bool> {
-    let py = channel.py();
-    let Some(handoff) = channel.get().inner(py).handoff_ref(py) else { return Ok(false) };
-    handoff.bind(py).call_method0(intern!(py, "pull_wanted"))?.is_truthy()
+    Channel::call_handoff(channel, intern!(channel.py(), "pull_wanted"), ())?
+        .map_or(Ok(false), |wanted| wanted.is_truthy())
 }
 
 /// Gives the served pull its outcome: the chunk, the end of the body, or an error.
 pub fn deliver(channel: &Bound<'_, Channel>, outcome: Outcome) -> PyResult<()> {
     let py = channel.py();
-    let Some(handoff) = channel.get().inner(py).handoff_ref(py) else { return Ok(()) };
     let (chunk, error) = match outcome {
         Outcome::Return(chunk) => (chunk, py.None()),
         Outcome::End => (py.None(), PyStopAsyncIteration::new_err(()).into_value(py).into_any()),
         Outcome::Raise(err) => (py.None(), err.into_value(py).into_any()),
         Outcome::Yield(_) => unreachable!("a suspension is not an outcome of the pull"),
     };
-    handoff.bind(py).call_method1(intern!(py, "deliver"), (chunk, error))?;
-    Ok(())
+    Channel::call_handoff(channel, intern!(channel.py(), "deliver"), (chunk, error)).map(drop)
 }
 
 pub fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
