@@ -24,7 +24,7 @@ use crate::drive::{Drive, Goal};
 use crate::gil_cell::{GilCell, Ref, RefMut};
 use crate::layer::RunLayer;
 use crate::message::Message;
-use crate::objects::shape;
+use crate::objects::Shape;
 use crate::timing::{Timing, Timings};
 
 /// Where the request stands, from the middleware's side.
@@ -63,13 +63,13 @@ pub struct Hooks {
     /// The `__dict__` shape of a new request: what `request_cls(scope,
     /// receive, send).__dict__` holds, with `scope`, `_receive`, `_send` and
     /// `channel` to be filled in (see `objects`); None to call the class instead.
-    pub request_shape: Option<Py<PyDict>>,
+    pub request_shape: Option<Shape>,
     /// The response class `call_next` returns (built without running `__init__`).
     pub response_cls: Py<PyType>,
     /// The `__dict__` shape of a new response: its per-response attributes,
     /// and `info`, `background` and `_headers` (the cached `headers`) as None,
     /// found in the instance, not the class.
-    pub response_shape: Py<PyDict>,
+    pub response_shape: Shape,
     /// `foreign_send(channel, message) -> Awaitable[None]`, for a send the
     /// channel can't take directly (another task's, or one after the response)
     /// and doesn't forward (`forward::foreign_send`).
@@ -114,14 +114,15 @@ impl Hooks {
         response_calls: Py<PyTuple>,
     ) -> PyResult<Self> {
         let request_shape = match request_template {
-            Some(template) => Some(shape(py, Some(template.bind(py)), &REQUEST_FIELDS)?.unbind()),
+            Some(template) => Some(Shape::new(request_cls.bind(py), Some(template.bind(py)), &REQUEST_FIELDS)?),
             None => None,
         };
+        let response_shape = Shape::new(response_cls.bind(py), None, &RESPONSE_FIELDS)?;
         Ok(Hooks {
             request_cls,
             request_shape,
             response_cls,
-            response_shape: shape(py, None, &RESPONSE_FIELDS)?.unbind(),
+            response_shape,
             foreign_send,
             others_ready,
             checkpoint,
@@ -131,6 +132,13 @@ impl Hooks {
             trio_scopes,
             response_calls,
         })
+    }
+
+    /// Whether requests and responses are built directly (`objects::Shape`),
+    /// not the slow, ordinary way their check fell back to.
+    #[getter]
+    fn builds_directly(&self) -> bool {
+        self.request_shape.as_ref().is_some_and(Shape::is_direct) && self.response_shape.is_direct()
     }
 }
 

@@ -16,7 +16,6 @@ use crate::coro::{resume, stop_iteration, Input, Step};
 use crate::dispatch::{Channel, Hooks, ScopeTracker, State, Waiting};
 use crate::gil_cell::GilCell;
 use crate::message::{Kind, Message};
-use crate::objects::instantiate;
 
 pyo3::create_exception!(
     ferroware._core,
@@ -597,7 +596,7 @@ fn make_response(
         (intern!(py, "info"), info.bind(py)),
     ];
     let set = if info.is_none(py) { &fields[..3] } else { &fields[..] };
-    Ok(instantiate(hooks.response_cls.bind(py), hooks.response_shape.bind(py), set)?.unbind())
+    Ok(hooks.response_shape.instantiate(py, set)?.unbind())
 }
 
 /// The awaitable behind `call_next` and the body iterator's `__anext__`.

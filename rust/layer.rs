@@ -22,7 +22,7 @@ use crate::dispatch::{Channel, Dispatcher, Pause, Sent, State, Waiting};
 use crate::drive::{is_asyncio_future, DriveCore, Goal, Outcome};
 use crate::gil_cell::GilCell;
 use crate::message::Message;
-use crate::objects::{instance_dict, instantiate, own_attr};
+use crate::objects::{instance_dict, own_attr};
 use crate::pull;
 use crate::timing::clock;
 
@@ -457,9 +457,8 @@ impl Layer {
         let channel =
             Bound::new(py, Channel::new(dispatcher, self.scope.clone_ref(py), py.None(), self.send.clone_ref(py)))?;
         let request = match &hooks.request_shape {
-            Some(shape) => instantiate(
-                hooks.request_cls.bind(py),
-                shape.bind(py),
+            Some(shape) => shape.instantiate(
+                py,
                 &[
                     (intern!(py, "scope"), self.scope.bind(py)),
                     (intern!(py, "_receive"), self.receive.bind(py)),

@@ -21,7 +21,13 @@ mod objects;
 mod pull;
 mod timing;
 
-#[pymodule]
+// Free-threaded CPython (3.14t): the crate compiles for it (CI checks a
+// `Py_GIL_DISABLED` configuration), but nothing here has run on one, and the
+// dispatcher's objects are built for one thread at a time (`GilCell` turns a
+// concurrent access into an error there, not a wait). So the module says it
+// needs the GIL: a free-threaded interpreter re-enables it on import, with
+// its own warning, rather than run unverified code without it.
+#[pymodule(gil_used = true)]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     coro::init(m)?;

@@ -2,64 +2,110 @@
 //!
 //! The request `dispatch` sees and the response `call_next` returns are made
 //! once per request per layer. Their classes are ordinary Python classes whose
-//! `__init__` only stores attributes, so we allocate the instance and give it a
-//! ready `__dict__` directly: no Python frame, no argument parsing.
+//! `__init__` only stores attributes, so we allocate the instance and fill its
+//! `__dict__` directly: no Python frame, no argument parsing.
 //!
-//! The `__dict__` is a copy of a prepared dict that already has every key (a
-//! "shape"): copying a dict of that size is one block copy, and setting the
-//! per-instance values then only replaces entries, where inserting them one by
-//! one into an empty dict would grow and rehash it on the way.
+//! The `__dict__` is filled from a prepared dict that already has every key (a
+//! "shape"): an empty dict updated from one is one block copy of its table,
+//! and setting the per-instance values then only replaces entries, where
+//! inserting them one by one into an empty dict would grow and rehash it on
+//! the way.
+//!
+//! All of it is public C API (`tp_alloc`, `PyObject_GenericGetDict`,
+//! `PyDict_Update`). Instance dicts are where CPython keeps changing things
+//! (inline values in 3.13, and `PyObject_GenericSetDict`, which this used to
+//! call, leaves the attributes unreachable on 3.13.0), so each shape checks
+//! once, when it is made, that an instance built this way reads back what was
+//! put in it; if not, its instances are made the slow, ordinary way.
 
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString, PyType};
 
-/// A shape for instances that get `defaults` plus the per-instance `fields`
-/// (set to None here, to be replaced by `instantiate`).
-pub fn shape<'py>(
-    py: Python<'py>,
-    defaults: Option<&Bound<'py, PyDict>>,
-    fields: &[&str],
-) -> PyResult<Bound<'py, PyDict>> {
-    let shape = PyDict::new(py);
-    if let Some(defaults) = defaults {
-        for (key, value) in defaults.iter() {
-            shape.set_item(key, value)?;
-        }
-    }
-    for name in fields {
-        shape.set_item(PyString::intern(py, name), py.None())?;
-    }
-    Ok(shape)
+/// How to build instances of one class: its attributes, and whether the direct
+/// way passed its check.
+pub struct Shape {
+    cls: Py<PyType>,
+    attrs: Py<PyDict>,
+    direct: bool,
 }
 
-/// A new instance of `cls` whose `__dict__` is a copy of `shape` with
-/// `fields` set. `cls` must be a plain class with a `__dict__` (no `__slots__`).
-pub fn instantiate<'py>(
-    cls: &Bound<'py, PyType>,
-    shape: &Bound<'py, PyDict>,
-    fields: &[(&Bound<'py, PyString>, &Bound<'py, PyAny>)],
-) -> PyResult<Bound<'py, PyAny>> {
-    let py = cls.py();
-    // SAFETY: PyDict_Copy returns a new reference to a dict or NULL with an exception.
-    let attrs = unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyDict_Copy(shape.as_ptr()))? };
-    let attrs = attrs.cast_into::<PyDict>().map_err(PyErr::from)?;
-    for (key, value) in fields {
-        attrs.set_item(key, value)?;
+impl Shape {
+    /// A shape for instances of `cls` that get `defaults` plus the
+    /// per-instance `fields` (None until `instantiate` sets them). `cls` must
+    /// be a plain class with a `__dict__` (no `__slots__`).
+    pub fn new(
+        cls: &Bound<'_, PyType>,
+        defaults: Option<&Bound<'_, PyDict>>,
+        fields: &[&str],
+    ) -> PyResult<Self> {
+        let py = cls.py();
+        let attrs = PyDict::new(py);
+        if let Some(defaults) = defaults {
+            attrs.update(defaults.as_mapping())?;
+        }
+        for name in fields {
+            attrs.set_item(PyString::intern(py, name), py.None())?;
+        }
+        let mut shape = Shape { cls: cls.clone().unbind(), attrs: attrs.unbind(), direct: true };
+        shape.direct = shape.reads_back(py, fields)?;
+        Ok(shape)
     }
-    // SAFETY: `tp_alloc` is the allocator the class itself uses in
-    // `object.__new__`; it returns a new reference or NULL with an exception.
-    let obj = unsafe {
-        let tp = cls.as_type_ptr();
-        let alloc = (*tp).tp_alloc.unwrap_or(ffi::PyType_GenericAlloc);
-        Bound::from_owned_ptr_or_err(py, alloc(tp, 0))?
-    };
-    // SAFETY: a live instance of a class with a __dict__ and a dict to become
-    // it (borrowed: the call takes its own reference); 0 or -1 with an exception.
-    if unsafe { ffi::PyObject_GenericSetDict(obj.as_ptr(), attrs.as_ptr(), std::ptr::null_mut()) } != 0 {
-        return Err(PyErr::fetch(py));
+
+    /// Whether this interpreter has the direct way working: an instance built
+    /// with a fresh object in each field finds each of them as its attribute.
+    fn reads_back(&self, py: Python<'_>, fields: &[&str]) -> PyResult<bool> {
+        let names: Vec<Bound<'_, PyString>> = fields.iter().map(|name| PyString::intern(py, name)).collect();
+        let values: Vec<Bound<'_, PyAny>> =
+            names.iter().map(|_| py.eval(c"object()", None, None)).collect::<PyResult<_>>()?;
+        let set: Vec<_> = names.iter().zip(&values).collect();
+        let obj = self.instantiate(py, &set)?;
+        for (name, value) in set {
+            match obj.getattr(name) {
+                Ok(found) if found.is(value) => {}
+                _ => return Ok(false),
+            }
+        }
+        Ok(true)
     }
-    Ok(obj)
+
+    /// Whether instances are built directly (the check passed).
+    pub fn is_direct(&self) -> bool {
+        self.direct
+    }
+
+    /// A new instance with the shape's attributes and `fields` set.
+    pub fn instantiate<'py>(
+        &self,
+        py: Python<'py>,
+        fields: &[(&Bound<'py, PyString>, &Bound<'py, PyAny>)],
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let cls = self.cls.bind(py);
+        if !self.direct {
+            // `object.__new__` and `setattr`, as an `__init__` would store them.
+            let obj = cls.call_method1(pyo3::intern!(py, "__new__"), (cls,))?;
+            for (key, value) in self.attrs.bind(py).iter() {
+                obj.setattr(key.cast_into::<PyString>()?, value)?;
+            }
+            for (key, value) in fields {
+                obj.setattr(*key, *value)?;
+            }
+            return Ok(obj);
+        }
+        // SAFETY: `tp_alloc` is the allocator the class itself uses in
+        // `object.__new__`; it returns a new reference or NULL with an exception.
+        let obj = unsafe {
+            let tp = cls.as_type_ptr();
+            let alloc = (*tp).tp_alloc.unwrap_or(ffi::PyType_GenericAlloc);
+            Bound::from_owned_ptr_or_err(py, alloc(tp, 0))?
+        };
+        let attrs = instance_dict(&obj)?;
+        attrs.update(self.attrs.bind(py).as_mapping())?;
+        for (key, value) in fields {
+            attrs.set_item(key, value)?;
+        }
+        Ok(obj)
+    }
 }
 
 /// The `__dict__` of an instance built by `instantiate` (or any object with one).
@@ -84,4 +130,44 @@ pub fn own_attr<'py>(
         return Ok(value);
     }
     obj.getattr(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn class<'py>(py: Python<'py>) -> Bound<'py, PyType> {
+        let globals = PyDict::new(py);
+        py.run(
+            c"class Plain:\n    kind = 'class'\n    def __init__(self):\n        self.a = self.b = None\n",
+            Some(&globals),
+            None,
+        )
+        .unwrap();
+        let cls = globals.get_item("Plain").unwrap().unwrap().cast_into::<PyType>().unwrap();
+        cls.call0().unwrap(); // as the real classes are, before the layer builds any
+        cls
+    }
+
+    #[test]
+    fn both_ways_build_the_same_instance() {
+        Python::initialize();
+        Python::attach(|py| {
+            let defaults = PyDict::new(py);
+            defaults.set_item("flag", true).unwrap();
+            let mut shape = Shape::new(&class(py), Some(&defaults), &["a", "b"]).unwrap();
+            assert!(shape.is_direct(), "the direct way fails its check on this CPython");
+            for direct in [true, false] {
+                shape.direct = direct;
+                let (a, b) = (py.eval(c"object()", None, None).unwrap(), 7i64.into_pyobject(py).unwrap().into_any());
+                let obj = shape.instantiate(py, &[(&PyString::new(py, "a"), &a), (&PyString::new(py, "b"), &b)]).unwrap();
+                assert!(obj.getattr("a").unwrap().is(&a));
+                assert_eq!(obj.getattr("b").unwrap().extract::<i64>().unwrap(), 7);
+                assert!(obj.getattr("flag").unwrap().extract::<bool>().unwrap());
+                assert_eq!(obj.getattr("kind").unwrap().extract::<String>().unwrap(), "class");
+                let keys: Vec<String> = instance_dict(&obj).unwrap().keys().extract().unwrap();
+                assert_eq!(keys, ["flag", "a", "b"]);
+            }
+        });
+    }
 }

@@ -30,6 +30,10 @@ class Hooks:
         trio_scopes: Callable[[], tuple[Any, Any, str, Callable[[Any, Any, Any, Any], None]] | None],
         response_calls: tuple[CodeType, ...],
     ) -> None: ...
+    @property
+    def builds_directly(self) -> bool:
+        """Whether requests and responses are built without ``__init__`` (the
+        check made at construction passed on this interpreter)."""
 
 @final
 class Dispatcher:
