@@ -6,11 +6,11 @@
 # VENV with the optional dependencies EXTRAS (e.g. "bench" or
 # "test,integration,bench"); maturin stays installed there.
 #
-# `pip install .` runs the same build but shows none of it: pip hides the build
-# backend's output unless given -v, which floods the screen with its own. So
-# this runs maturin itself and shows cargo's "Compiling ..." lines, plus a line
-# every 30 seconds while nothing else is printed (the longest step, compiling
-# and linking ferroware's own crate with fat LTO, prints nothing for minutes).
+# `pip install .` runs the same build (1 to 3 minutes) but shows none of it:
+# pip hides the build backend's output unless given -v. So this runs maturin
+# itself and shows cargo's "Compiling ..." lines, plus a line after every 30
+# seconds with nothing printed: the last step, compiling and linking
+# ferroware's own crate with fat LTO, is the longest and prints nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv="$1"
@@ -22,7 +22,7 @@ minutes() { printf '%dm %02ds' $(($1 / 60)) $(($1 % 60)); }
 wheel_dir=$(mktemp -d)
 trap 'rm -rf "$wheel_dir"' EXIT
 
-say "building ferroware's compiled core (Rust, release build with fat LTO: about 3 minutes on 2 cores)"
+say "building ferroware's compiled core (Rust, release build with fat LTO: 1 to 3 minutes on 2 cores)"
 started=$SECONDS
 "$venv/bin/python" -m maturin build --release --interpreter "$venv/bin/python" --out "$wheel_dir" 2>&1 |
     while true; do
