@@ -10,7 +10,7 @@ venv="${FERROWARE_TEST_VENV:-.venv-test}"
 python3 -m venv "$venv"
 "$venv/bin/python" -m pip install --quiet --upgrade pip
 # A release build: the tests exercise the same extension users get.
-"$venv/bin/python" -m pip install --quiet ".[test,integration,bench]" "maturin>=1.9.4,<2"
+bash scripts/build_and_install.sh "$venv" test,integration,bench
 # wrk, the integration suite's load generator, is a Debian package (CI runs as root).
 if ! command -v wrk >/dev/null; then
     apt-get update -qq && apt-get install -y -qq wrk >/dev/null

@@ -3,14 +3,17 @@ and writes, not how fast anything is (no test here asserts a timing)."""
 
 from __future__ import annotations
 
+import io
 import json
+import re
+import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 
 from ferroware import _bench, _server_bench
-from ferroware.__main__ import main
+from ferroware.__main__ import _Progress, main
 
 SVG = "{http://www.w3.org/2000/svg}"
 TINY = ["bench", "--rounds", "1", "--requests", "5", "--layers", "0", "1"]
@@ -28,7 +31,8 @@ def test_tiny_run_prints_every_case_and_writes_svg_and_json(
         for impl in _bench.IMPLEMENTATIONS:
             assert any(row[:2] == [case, impl] for row in rows), (case, impl, out)
     assert "per layer" in out and "stock/this" in out and "this/pure" in out
-    assert "\r" in err and "measuring [" in err  # the progress bar, redrawn in place on stderr
+    # capsys's stderr is not a terminal: plain progress lines, no bar redrawn with \r.
+    assert "\r" not in err and "measuring: " in err
 
     root = ET.parse(chart).getroot()
     assert root.tag == f"{SVG}svg"
@@ -51,6 +55,68 @@ def test_tiny_run_prints_every_case_and_writes_svg_and_json(
         points = {(p["implementation"], p["layers"]) for p in case["seconds_per_request"]}
         assert points == {(i, n) for i in _bench.IMPLEMENTATIONS for n in (0, 1)}
         assert all(p["seconds"] > 0 and p["requests_per_round"] >= 1 for p in case["seconds_per_request"])
+
+
+class _Terminal(io.StringIO):
+    """A stream that says it is a terminal, as sys.stderr does in an interactive shell."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_off_a_terminal_is_a_few_plain_lines() -> None:
+    log = io.StringIO()
+    progress = _Progress(750, "measuring", stream=log)  # the default run's step count
+    for _ in range(750):
+        progress.step()
+    progress.finish()
+    lines = log.getvalue().splitlines()
+    assert "\r" not in log.getvalue()
+    assert len(lines) == _Progress.PLAIN_LINES
+    assert lines[0].startswith("  measuring: 75/750 (10%), ")
+    assert lines[-1].startswith("  measuring: 750/750 (100%), ")
+
+
+def test_progress_with_fewer_steps_than_lines_prints_each_step() -> None:
+    log = io.StringIO()
+    progress = _Progress(3, "serving", stream=log)
+    for _ in range(3):
+        progress.step()
+    progress.finish()
+    assert [line.split(",")[0] for line in log.getvalue().splitlines()] == [
+        "  serving: 1/3 (33%)", "  serving: 2/3 (66%)", "  serving: 3/3 (100%)",
+    ]  # fmt: skip
+
+
+def test_progress_on_a_terminal_redraws_one_line() -> None:
+    terminal = _Terminal()
+    progress = _Progress(750, "measuring", stream=terminal)
+    for _ in range(750):
+        progress.step()
+    progress.finish()
+    drawn = terminal.getvalue()
+    assert drawn.count("\r") == 750 and drawn.count("\n") == 1 and drawn.endswith("\n")
+    assert drawn.split("\r")[-1].startswith("  measuring [" + "#" * 30 + "] 750/750 ")
+
+
+def test_bench_draws_the_bar_when_stderr_is_a_terminal(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    assert main([*TINY, "--cases", "header", "--chart", str(tmp_path / "c.svg")]) == 0
+    assert "\r  measuring [" in terminal.getvalue() and "measuring: " not in terminal.getvalue()
+
+
+@pytest.mark.parametrize("command", [["--help"], ["bench", "--help"]])
+def test_help_is_plain_text(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(command)
+    assert exited.value.code == 0
+    help_text = capsys.readouterr().out
+    assert help_text.startswith("usage: ferroware")
+    # No reStructuredText: no ``literals``, no :func:`roles`, no backquote at all.
+    assert "`" not in help_text and not re.search(r":[a-z]+:", help_text), help_text
+    if command == ["--help"]:
+        assert "compiled dispatcher" in help_text and 'BaseHTTPMiddleware, @app.middleware("http")' in help_text
 
 
 def test_chart_goes_to_the_current_directory_by_default(

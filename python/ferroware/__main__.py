@@ -6,9 +6,11 @@ import argparse
 import json
 import os
 import platform
+import re
 import sys
 import time
 from pathlib import Path
+from typing import TextIO
 
 import starlette
 
@@ -36,26 +38,43 @@ def _machine() -> dict[str, object]:
 
 
 class _Progress:
-    """A one-line progress bar on stderr, redrawn in place with ``\\r``."""
+    """Progress of a long run, on stderr.
 
-    def __init__(self, total: int, label: str) -> None:
+    On a terminal, a one-line bar redrawn in place with ``\\r`` after every step.
+    Anywhere else (a log file, a pipe, CI) each redraw would be a line of its own,
+    hundreds of them, so it prints a plain line at each tenth of the way instead.
+    """
+
+    PLAIN_LINES = 10  # at most this many lines when stderr is not a terminal
+
+    def __init__(self, total: int, label: str, stream: TextIO | None = None) -> None:
         self.total, self.label, self.done = max(total, 1), label, 0
+        self.stream = sys.stderr if stream is None else stream
+        self.on_terminal = self.stream.isatty()
         self.start = time.monotonic()
 
     def step(self) -> None:
         self.done += 1
-        width = 30
-        filled = width * self.done // self.total
         elapsed = time.monotonic() - self.start
-        print(
-            f"\r  {self.label} [{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} {elapsed:4.0f}s",
-            end="",
-            file=sys.stderr,
-            flush=True,
-        )
+        if self.on_terminal:
+            width = 30
+            filled = width * self.done // self.total
+            print(
+                f"\r  {self.label} [{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} {elapsed:4.0f}s",
+                end="",
+                file=self.stream,
+                flush=True,
+            )
+        elif self._tenths(self.done) > self._tenths(self.done - 1):
+            percent = 100 * self.done // self.total
+            print(f"  {self.label}: {self.done}/{self.total} ({percent}%), {elapsed:.0f}s", file=self.stream, flush=True)
 
     def finish(self) -> None:
-        print(file=sys.stderr, flush=True)
+        if self.on_terminal:  # end the bar's line; plain lines end themselves
+            print(file=self.stream, flush=True)
+
+    def _tenths(self, done: int) -> int:
+        return self.PLAIN_LINES * done // self.total
 
 
 def _bench_command(args: argparse.Namespace) -> int:
@@ -190,8 +209,22 @@ def _bench_command(args: argparse.Namespace) -> int:
     return 0
 
 
+# ``literal`` and :role:`target` (with an optional ~ or !): the reST markup docstrings use.
+_REST_LITERAL = re.compile(r"``(.+?)``", re.DOTALL)
+_REST_ROLE = re.compile(r":[a-z]+(?::[a-z]+)?:`[~!]?(.+?)`", re.DOTALL)
+
+
+def _plain_text(docstring: str) -> str:
+    """``docstring`` as a terminal shows it: reST literals and roles reduced to their text."""
+    return _REST_ROLE.sub(r"\1", _REST_LITERAL.sub(r"\1", docstring)).strip()
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="ferroware", description=ferroware.__doc__)
+    parser = argparse.ArgumentParser(
+        prog="ferroware",
+        description=_plain_text(ferroware.__doc__ or ""),
+        formatter_class=argparse.RawDescriptionHelpFormatter,  # keeps the docstring's paragraphs
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     bench = commands.add_parser(
         "bench",
