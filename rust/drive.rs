@@ -8,7 +8,7 @@
 //! embeds cores directly; `Drive` wraps one as a Python awaitable for
 //! `await call_next(...)` and `async for chunk in response.body_iterator`.
 
-use pyo3::exceptions::{PyBaseException, PyGeneratorExit, PyRuntimeError, PyStopAsyncIteration};
+use pyo3::exceptions::{PyBaseException, PyException, PyGeneratorExit, PyRuntimeError, PyStopAsyncIteration};
 use pyo3::prelude::*;
 use pyo3::{ffi, intern};
 
@@ -480,9 +480,12 @@ impl DriveCore {
         let py = channel.py();
         let mut this = channel.get().inner_mut(py);
         this.state = State::Done;
-        if self.goal == Goal::Body {
+        if self.goal == Goal::Body && err.is_instance_of::<PyException>(py) {
             // After the start the body is cut short; the error is raised
-            // once the middleware's response is done (by `finish`).
+            // once the middleware's response is done (by `finish`). Not a
+            // cancellation (or another `BaseException`): that goes on now,
+            // through the body iterator, so the response is not ended as if
+            // complete; Starlette's task group unwinds it the same way.
             this.error = Some(err);
             return Outcome::End;
         }
