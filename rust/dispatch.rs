@@ -24,6 +24,7 @@ use crate::drive::{Drive, Goal};
 use crate::gil_cell::{GilCell, Ref, RefMut};
 use crate::layer::RunLayer;
 use crate::message::Message;
+use crate::context::AppContext;
 use crate::objects::Shape;
 use crate::timing::{Timing, Timings};
 
@@ -251,6 +252,8 @@ pub struct ChannelInner {
     /// The app was told the client disconnected (`receive` gave it
     /// `http.disconnect`): nobody reads the rest of the body.
     pub(crate) client_gone: bool,
+    /// The context the app runs in, from when `call_next` started it.
+    pub(crate) app_context: Option<AppContext>,
     /// True while the layer steps the response `dispatch` returned, in our
     /// task: a `receive` it makes then may serve pulls of the body from other
     /// tasks (`rust/pull.rs`).
@@ -405,6 +408,7 @@ impl Channel {
                 forward_waiter: None,
                 forward_error: None,
                 client_gone: false,
+                app_context: None,
                 responding: false,
                 foreign_pulls: false,
             }),
@@ -543,7 +547,9 @@ impl Channel {
             }
             _ => dispatcher.app.bind(py).call1((scope, receive, slf))?.unbind(),
         };
-        channel.inner_mut(py).coro = Some(coro);
+        let mut this = channel.inner_mut(py);
+        this.coro = Some(coro);
+        this.app_context = Some(AppContext::copy_current(py)?);
         Ok(())
     }
 }

@@ -113,6 +113,13 @@ impl DriveCore {
         if matches!(outcome, Outcome::Yield(_)) {
             return outcome;
         }
+        if self.goal == Goal::Start {
+            let py = channel.py();
+            let app_context = channel.get().inner(py).app_context.as_ref().map(|c| c.clone_ref(py));
+            if let Some(Err(err)) = app_context.map(|c| c.adopt_changes(py)) {
+                return Outcome::Raise(err);
+            }
+        }
         match self.leave_app_scope(channel) {
             Ok(()) => outcome,
             Err(err) => Outcome::Raise(err),
@@ -214,10 +221,14 @@ impl DriveCore {
                     }
                 }
             }
-            let (coro, waiting) = {
+            let (coro, waiting, app_context) = {
                 let mut this = channel.get().inner_mut(py);
                 match this.coro.as_ref() {
-                    Some(coro) => (coro.clone_ref(py), this.waiting.take()),
+                    Some(coro) => (
+                        coro.clone_ref(py),
+                        this.waiting.take(),
+                        this.app_context.as_ref().map(|c| c.clone_ref(py)),
+                    ),
                     None => {
                         drop(this);
                         return self.app_finished(channel);
@@ -240,7 +251,10 @@ impl DriveCore {
             }
             channel.get().inner_mut(py).stepping = true;
             let started = channel.get().timed.then(crate::timing::clock::now);
-            let stepped = crate::layer::resume_app(py, coro.bind(py), input);
+            let stepped = match &app_context {
+                Some(context) => context.run(py, || crate::layer::resume_app(py, coro.bind(py), input)).and_then(|r| r),
+                None => crate::layer::resume_app(py, coro.bind(py), input),
+            };
             // Done stepping; a direct send (our pause yielded) left its message.
             let message = {
                 let mut this = channel.get().inner_mut(py);

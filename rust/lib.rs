@@ -8,6 +8,7 @@ use pyo3::prelude::*;
 
 mod builtins;
 mod chain;
+mod context;
 mod coro;
 mod dispatch;
 mod drive;
@@ -30,6 +31,7 @@ mod timing;
 #[pymodule(gil_used = true)]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    context::init(m)?;
     coro::init(m)?;
     dispatch::init(m)?;
     drive::init(m)?;

@@ -1,5 +1,6 @@
-"""The request and response the layer builds without ``__init__`` (rust/objects.rs)
-behave as ordinary instances, on every CPython: the symptoms CPython 3.13.0
+"""The CPython details the dispatcher checks at import (docs/design.md) hold
+here; and the request and response the layer builds without ``__init__``
+(rust/objects.rs) behave as ordinary instances: the symptoms CPython 3.13.0
 showed when their ``__dict__`` was handed over with ``PyObject_GenericSetDict``
 (attributes not found), checked against stock Starlette."""
 
@@ -19,6 +20,7 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 import ferroware
+from ferroware import _core
 from ferroware.base import HOOKS
 
 LAYERS = [
@@ -31,6 +33,11 @@ def test_this_interpreter_builds_them_directly() -> None:
     # The fallback (object.__new__ and setattr) is correct but slower: on a
     # supported CPython the direct way must pass its check.
     assert HOOKS.builds_directly
+
+
+def test_this_interpreter_lays_contexts_out_as_expected() -> None:
+    # Likewise for telling that the app changed no contextvar (rust/context.rs).
+    assert _core.reads_context_maps()
 
 
 async def chunks() -> AsyncIterator[bytes]:

@@ -11,6 +11,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 __version__: str
 
+def reads_context_maps() -> bool:
+    """Whether "the app changed no contextvar" is told by comparing the
+    context's map of vars (the layout check passed), not by a walk."""
+
 @final
 class Hooks:
     """The Python pieces the compiled layer calls, fixed once at import."""
