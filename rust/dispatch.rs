@@ -19,12 +19,12 @@ use pyo3::types::{PyDict, PyString, PyTuple, PyType};
 use pyo3::{ffi, intern, IntoPyObjectExt};
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use crate::context::AppContext;
 use crate::coro::{exception_from_throw_args, Ready};
 use crate::drive::{Drive, Goal};
 use crate::gil_cell::{GilCell, Ref, RefMut};
 use crate::layer::RunLayer;
 use crate::message::Message;
-use crate::context::AppContext;
 use crate::objects::Shape;
 use crate::timing::{Timing, Timings};
 

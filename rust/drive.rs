@@ -224,11 +224,9 @@ impl DriveCore {
             let (coro, waiting, app_context) = {
                 let mut this = channel.get().inner_mut(py);
                 match this.coro.as_ref() {
-                    Some(coro) => (
-                        coro.clone_ref(py),
-                        this.waiting.take(),
-                        this.app_context.as_ref().map(|c| c.clone_ref(py)),
-                    ),
+                    Some(coro) => {
+                        (coro.clone_ref(py), this.waiting.take(), this.app_context.as_ref().map(|c| c.clone_ref(py)))
+                    }
                     None => {
                         drop(this);
                         return self.app_finished(channel);

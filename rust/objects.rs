@@ -34,11 +34,7 @@ impl Shape {
     /// A shape for instances of `cls` that get `defaults` plus the
     /// per-instance `fields` (None until `instantiate` sets them). `cls` must
     /// be a plain class with a `__dict__` (no `__slots__`).
-    pub fn new(
-        cls: &Bound<'_, PyType>,
-        defaults: Option<&Bound<'_, PyDict>>,
-        fields: &[&str],
-    ) -> PyResult<Self> {
+    pub fn new(cls: &Bound<'_, PyType>, defaults: Option<&Bound<'_, PyDict>>, fields: &[&str]) -> PyResult<Self> {
         let py = cls.py();
         let attrs = PyDict::new(py);
         if let Some(defaults) = defaults {
@@ -160,7 +156,8 @@ mod tests {
             for direct in [true, false] {
                 shape.direct = direct;
                 let (a, b) = (py.eval(c"object()", None, None).unwrap(), 7i64.into_pyobject(py).unwrap().into_any());
-                let obj = shape.instantiate(py, &[(&PyString::new(py, "a"), &a), (&PyString::new(py, "b"), &b)]).unwrap();
+                let obj =
+                    shape.instantiate(py, &[(&PyString::new(py, "a"), &a), (&PyString::new(py, "b"), &b)]).unwrap();
                 assert!(obj.getattr("a").unwrap().is(&a));
                 assert_eq!(obj.getattr("b").unwrap().extract::<i64>().unwrap(), 7);
                 assert!(obj.getattr("flag").unwrap().extract::<bool>().unwrap());
