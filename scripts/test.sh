@@ -12,6 +12,10 @@
 #   servers on 127.0.0.1 and wrk) and every benchmark in benches/ once,
 #   untimed; the others run the conformance files and the integration suite,
 #   its fuzz included.
+# - once more, on the oldest CPython found, with every dependency at the floor
+#   pyproject.toml declares (scripts/oldest-constraints.txt): the conformance
+#   files of the oldest supported Starlette (0.46.0) and of the newest (1.10.0,
+#   whose files the runs above use, with the newest anyio and trio).
 #
 # Arguments go to pytest. A CPython the machine lacks is named, then skipped.
 set -euo pipefail
@@ -74,4 +78,15 @@ for i in "${!found[@]}"; do
         "$venv/bin/python" -m pytest -m "conformance or integration" "$@"
     fi
 done
-say "tested on CPython ${found[*]} (the whole suite on $newest)"
+oldest=${found[0]} venv="${FERROWARE_TEST_VENV:-.venv-test}-$oldest-floors"
+say "CPython $oldest, every dependency at its declared floor: building $venv"
+"${pythons[0]}" -m venv "$venv"
+"$venv/bin/python" -m pip install --quiet --upgrade pip
+wheel=$(ls dist/cp"${oldest/./}"/ferroware-*.whl)
+"$venv/bin/python" -m pip install --quiet --force-reinstall --no-deps "$wheel"
+"$venv/bin/python" -m pip install --quiet "$wheel[test]" -c scripts/oldest-constraints.txt
+for starlette in 0.46.0 1.10.0; do
+    say "CPython $oldest, oldest dependencies: Starlette $starlette's conformance files"
+    FERROWARE_CONFORMANCE_STARLETTE=$starlette "$venv/bin/python" -m pytest -m conformance "$@"
+done
+say "tested on CPython ${found[*]} (the whole suite on $newest; the dependency floors on $oldest)"

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ferroware._core import __version__
+from ferroware._scopes import InternalsWarning
 from ferroware.applications import Starlette
 from ferroware.base import BaseHTTPMiddleware
 from ferroware.datastructures import Headers, MutableHeaders
@@ -22,6 +23,7 @@ __all__ = [
     "BaseHTTPMiddleware",
     "FastAPI",
     "Headers",
+    "InternalsWarning",
     "MutableHeaders",
     "Starlette",
     "__version__",

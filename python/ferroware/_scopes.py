@@ -10,14 +10,16 @@ back to the scope ``dispatch`` was in when it returns control there, and into
 the app's scope again when it resumes the app.
 
 Both libraries keep that state where their public API doesn't reach; this
-module is the one place that touches it, checks at import that it looks as
-expected, and otherwise turns the feature off (the dispatcher then behaves as
-before, with the limitation documented in docs/design.md).
+module is the one place that touches it, checks that it looks as expected
+(anyio's at import, trio's at the first trio request), and otherwise turns the
+feature off with one warning naming what is missing (the dispatcher then
+behaves as before, with the limitation documented in docs/design.md).
 """
 
 from __future__ import annotations
 
 import asyncio
+import warnings
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -26,27 +28,55 @@ import sniffio
 
 Move = Callable[[Any, Any, Any, Any], None]
 
-try:
-    from anyio._backends import _asyncio as _anyio_asyncio
+ANYIO_SCOPE_ATTRIBUTES = ("_tasks", "_deliver_cancellation", "_cancel_called", "_parent_scope", "_shield")
+TRIO_TASK_ATTRIBUTES = ("_activate_cancel_status", "_cancel_status", "_child_nurseries")
 
-    _task_states: Any = _anyio_asyncio._task_states
-    _ASYNCIO_OK = all(
-        hasattr(_anyio_asyncio.CancelScope, name)
-        for name in ("_tasks", "_deliver_cancellation", "_cancel_called", "_parent_scope", "_shield")
-    ) and "cancel_scope" in getattr(_anyio_asyncio.TaskState, "__slots__", ())
-except (ImportError, AttributeError):  # pragma: no cover - a future anyio
-    _ASYNCIO_OK = False
+
+class InternalsWarning(RuntimeWarning):
+    """anyio's or trio's private state is not as ferroware expects: the cancel
+    scope move is off for that backend."""
+
+
+def _warn_missing(library: str, missing: list[str]) -> None:
+    warnings.warn(
+        f"ferroware: {library} lacks {', '.join(missing)}, which the dispatcher reads to keep "
+        f"{library}'s cancel scopes right when the app is suspended; that is off for this "
+        "process (see docs/design.md, 'CPython details the dispatcher relies on')",
+        InternalsWarning,
+        stacklevel=3,
+    )
+
+
+def _anyio_missing() -> list[str]:
+    """What of anyio's asyncio-backend state the move needs is not there."""
+    try:
+        from anyio._backends import _asyncio as anyio_asyncio
+    except ImportError:  # pragma: no cover - anyio without its asyncio backend
+        return ["anyio._backends._asyncio"]
+    states = getattr(anyio_asyncio, "_task_states", None)
+    missing = [] if isinstance(getattr(states, "data", None), dict) else ["_task_states.data"]
+    if "cancel_scope" not in getattr(getattr(anyio_asyncio, "TaskState", None), "__slots__", ()):
+        missing.append("TaskState.cancel_scope")
+    # Looked for on an instance, never entered: anyio before 4.14 sets these in
+    # __init__, later ones declare them on the class.
+    probe = anyio_asyncio.CancelScope()
+    missing += [f"CancelScope.{name}" for name in ANYIO_SCOPE_ATTRIBUTES if not hasattr(probe, name)]
+    return missing
 
 
 def asyncio_support() -> tuple[Any, Any, dict[Any, Any], Move] | None:
     """What the compiled dispatcher needs to find an asyncio task's anyio state
     by itself, fast: ``(get_running_loop, current_task, states, move)``, where
     ``states`` maps ``weakref.ref(task)`` to anyio's record of the task (its
-    ``cancel_scope`` is the innermost scope). None if anyio's internals are not
-    as expected."""
-    if not _ASYNCIO_OK or not isinstance(getattr(_task_states, "data", None), dict):
+    ``cancel_scope`` is the innermost scope). None, with a warning, if anyio's
+    internals are not as expected. Called once, at import of ``ferroware.base``."""
+    if missing := _anyio_missing():
+        _warn_missing("anyio", missing)
         return None
-    return asyncio._get_running_loop, asyncio.current_task, _task_states.data, _move_asyncio
+    from anyio._backends._asyncio import _task_states
+
+    states: Any = _task_states  # its .data: a WeakKeyDictionary's dict, by weakref
+    return asyncio._get_running_loop, asyncio.current_task, states.data, _move_asyncio
 
 
 def _move_asyncio(task: Any, state: Any, from_scope: Any, to_scope: Any) -> None:
@@ -79,9 +109,20 @@ def trio_scopes() -> tuple[Any, Any, str, Move] | None:
     import trio
 
     task = trio.lowlevel.current_task()
-    if not hasattr(task, "_activate_cancel_status") or not hasattr(task, "_cancel_status"):  # pragma: no cover
+    global _trio_ok
+    if _trio_ok is None:
+        missing = [f"Task.{name}" for name in TRIO_TASK_ATTRIBUTES if not hasattr(task, name)]
+        _trio_ok = not missing
+        if missing:
+            _warn_missing("trio", missing)
+    if not _trio_ok:
         return None
     return task, task, "_cancel_status", _move_trio
+
+
+# Whether trio's tasks have what _move_trio uses: checked on the first trio
+# request (importing trio at ferroware's import would cost every asyncio app).
+_trio_ok: bool | None = None
 
 
 # The nurseries the app has open, taken off its task's nursery stack while
@@ -91,7 +132,7 @@ _stashed_nurseries: weakref.WeakKeyDictionary[Any, list[Any]] = weakref.WeakKeyD
 
 
 def _move_trio(task: Any, holder: Any, from_status: Any, to_status: Any) -> None:
-    nurseries: list[Any] | None = getattr(task, "_child_nurseries", None)
+    nurseries: list[Any] = task._child_nurseries
     if nurseries and from_status is not None:
         # The innermost nurseries opened under the status left, not under the
         # one entered: the app's, while control goes back to the layer.
@@ -102,7 +143,7 @@ def _move_trio(task: Any, holder: Any, from_status: Any, to_status: Any) -> None
         if stash:
             _stashed_nurseries[from_status] = stash
     task._activate_cancel_status(to_status)
-    if nurseries is not None and to_status is not None:
+    if to_status is not None:
         nurseries.extend(reversed(_stashed_nurseries.pop(to_status, [])))
 
 

@@ -50,7 +50,16 @@ class Starlette(starlette.applications.Starlette):
 
     def middleware(self, middleware_type: str) -> Callable[[Dispatch], Dispatch]:
         """Register the decorated ``dispatch(request, call_next)`` as the outermost user layer."""
+        if _stock_decorator is not None:
+            # Starlette before 1.0 still has the decorator, deprecated: its own,
+            # warning and all. The stock layer it adds is moved onto the
+            # compiled dispatcher like any other.
+            decorator: Callable[[Dispatch], Dispatch] = _stock_decorator(self, middleware_type)
+            return decorator
         return _http_middleware(self, middleware_type)
+
+
+_stock_decorator: Any = getattr(starlette.applications.Starlette, "middleware", None)
 
 
 def __getattr__(name: str) -> Any:
