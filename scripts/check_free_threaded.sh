@@ -9,5 +9,5 @@ cd "$(dirname "$0")/.."
 # Its own target directory: another PyO3 configuration would otherwise
 # invalidate the regular build's cache.
 PYO3_CONFIG_FILE="$PWD/scripts/pyo3-free-threaded.cfg" CARGO_TARGET_DIR=target/free-threaded \
-    cargo check --quiet --all-targets
+    cargo check --all-targets
 echo "check_free_threaded.sh: the crate compiles for free-threaded CPython 3.14t"

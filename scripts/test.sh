@@ -51,9 +51,12 @@ newest=${found[-1]}
 
 # wrk, the integration suite's load generator, is a Debian package (CI runs as root).
 if ! command -v wrk >/dev/null; then
+    say "installing wrk (the integration suite's load generator) with apt-get"
     apt-get update -qq && apt-get install -y -qq wrk >/dev/null
 fi
-cargo test --quiet
+say "the Rust unit tests (cargo test: a debug build of the crate first, about a minute)"
+cargo test
+say "checking that the crate compiles for free-threaded CPython (cargo check)"
 bash scripts/check_free_threaded.sh
 
 for i in "${!found[@]}"; do
