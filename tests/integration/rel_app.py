@@ -17,7 +17,8 @@ times out on request), decorator ``restream`` (re-streams the body on
 request), the ``Subclass`` layer, decorator ``reader`` (reads the whole body
 with ``request.body()`` on ``/upload-read``), pure ASGI ``Inner``, then
 FastAPI's router. A re-streamed request's end, and an exception escaping the
-app on it, are recorded as events.
+app on it, are recorded as events. A request with ``x-cut-after: SECONDS``
+runs under an outer timeout that cancels it then (any prefix).
 
 What the endpoints observe (cleanups, disconnects, cancellations), and every
 warning or unraisable exception in the process, is appended as one JSON line
@@ -480,6 +481,11 @@ async def root(scope: Scope, receive: Receive, send: Send) -> None:
     if path == "/debug":
         await debug(scope, receive, send)
         return
+    for name, value in scope["headers"]:
+        if name == b"x-cut-after":  # an outer timeout: cancels the app, whatever it is doing
+            with anyio.move_on_after(float(value)):
+                await root({**scope, "headers": [h for h in scope["headers"] if h[0] != name]}, receive, send)
+            return
     for prefix, app in PREFIXES.items():
         if path.startswith(prefix + "/"):
             if not any(name == b"x-restream" for name, _ in scope["headers"]):

@@ -150,6 +150,18 @@ def write_reliability(summary: dict[str, Any], passed: int, failed: int, wrk_ver
         "the lifespan shutdown and exits; ferroware's stack unwinds the cancellation in one step, so uvicorn "
         "answers its own 500, while stock Starlette's task group takes several and the process may be gone first.")  # fmt: skip
     add("")
+    add("## A stream cut by an outer timeout")
+    add("")
+    add("An outer pure-ASGI layer cancels the app 1 s into a 10 s `StreamingResponse` "
+        "(`test_stream_cut_by_an_outer_timeout_never_looks_complete`). Events the client got, and whether the "
+        "chunked body arrived terminated (it must not be, where the bare endpoint's isn't):")  # fmt: skip
+    add("")
+    add("| server, re-streamed | ferro | stock | bare |")
+    add("| --- | --- | --- | --- |")
+    for key, row in sorted(summary.get("cut_streams", {}).items()):
+        cells = [f"{row[kind][0]} events, {'terminated' if row[kind][1] else 'cut'}" for kind in ("ferro", "stock", "bare")]
+        add(f"| {key} | {' | '.join(cells)} |")
+    add("")
     fuzz = summary.get("fuzz")
     add("## Fuzz (hypothesis, in-process, asyncio and trio)")
     add("")

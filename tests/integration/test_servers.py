@@ -373,3 +373,45 @@ def test_sigterm_with_requests_in_flight(request: pytest.FixtureRequest, tmp_pat
         }
     finally:
         srv.stop(timeout=2)
+
+
+
+@pytest.mark.parametrize("restream", ["none", "1"])
+def test_stream_cut_by_an_outer_timeout_never_looks_complete(server: Server, restream: str) -> None:
+    """An outer pure-ASGI layer cancels the app 1 s into a 10 s stream
+    (``x-cut-after``, an ``anyio.move_on_after`` in ``rel_app.root``). The body
+    was cut, so the client gets what it gets from stock Starlette and from the
+    same endpoint with no middleware: on uvicorn, an incomplete chunked body,
+    never a terminated one (issue 16, item 3: ferroware used to send a final
+    empty chunk while the cancellation unwound, which made a cut body look
+    whole). With ``x-restream: 1`` a layer of the stack re-streams call_next's
+    body, so the cancellation crosses a second body iterator."""
+    headers = {"x-cut-after": "1.0", **({"x-restream": restream} if restream != "none" else {})}
+    replies: dict[str, Reply] = {}
+
+    def call(kind: str) -> None:
+        replies[kind] = server.get(f"/{kind}/stream?n=100&interval=0.1", headers=headers, timeout=20)
+
+    threads = [threading.Thread(target=call, args=(kind,)) for kind in ("ferro", "stock", "bare")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    SUMMARY.setdefault("cut_streams", {})[f"{server.name} restream={restream}"] = {
+        kind: (reply.body.count(b"data: "), reply.complete) for kind, reply in replies.items()
+    }
+    if server.name == "granian" and restream != "none":
+        # On granian a cut re-streamed body arrives, from stock Starlette and
+        # ferroware alike, in one of two ways from run to run: cut after some
+        # events, or empty and terminated. Recorded (docs/reliability.md), not
+        # asserted: the server decides, not the middleware.
+        return
+    for kind in ("ferro", "stock", "bare"):
+        reply = replies[kind]
+        assert reply.status == 200, (kind, reply)
+        assert 0 < reply.body.count(b"data: ") < 100, (kind, reply)
+        assert reply.complete == replies["bare"].complete, (
+            f"{server.name}: {kind} complete={reply.complete}, the bare endpoint's {replies['bare'].complete}"
+        )
+    if server.name.startswith("uvicorn"):
+        assert not replies["ferro"].complete, f"{server.name}: a cut stream looked complete"
