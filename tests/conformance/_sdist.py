@@ -1,7 +1,7 @@
 """The Starlette sdist whose test files the conformance tests run.
 
 Which version: ``FERROWARE_CONFORMANCE_STARLETTE`` (default ``1.10.0``), any
-version in the range ferroware's metadata declares; 0.46.2 and 1.10.0, the
+version in the range ferroware's metadata declares; 0.46.0 and 1.10.0, the
 ends of that range that CI runs, are pinned by sha256 below, and any other
 version is checked against the sha256 PyPI serves (pip checks that) and its
 digest reported. Downloaded with pip into a cache directory
@@ -35,7 +35,7 @@ from packaging.version import Version
 
 # The ``#sha256=`` of each sdist's link on https://pypi.org/simple/starlette/.
 PINNED_SHA256 = {
-    "0.46.2": "7f7361f34eed179294600af672f565727419830b54b7b084efe44bb82d2fccd5",
+    "0.46.0": "b359e4567456b28d473d0193f34c0de0ed49710d75ef183a74a5ce0499324f50",
     "1.10.0": "b8399098d4c1e3522734f7235dc79b1fc967f96cf139c81e0fa30479e0685f9b",
 }
 STARLETTE_VERSION = os.environ.get("FERROWARE_CONFORMANCE_STARLETTE", "1.10.0")
@@ -109,6 +109,11 @@ def backend_neutral(test_id: str) -> str:
     return test_id.replace("[asyncio", "[", 1).replace("[trio", "[", 1)
 
 
+def names_used(root: Path, file: str, names: list[str]) -> list[str]:
+    """Those of ``names`` that the test file ``file`` of the sdist at ``root``
+    mentions: an older release's file may not use every class a newer one does."""
+    source = (root / file).read_text(encoding="utf-8")
+    return [name for name in names if re.search(rf"\b{name}\b", source)]
 
 
 # --------------------------------------------------------------------------- sdist

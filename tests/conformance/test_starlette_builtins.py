@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from _sdist import TAIL_LINES, _tail, backend_neutral, deselect_args, deselected_in, inner_env
+from _sdist import TAIL_LINES, _tail, backend_neutral, deselect_args, deselected_in, inner_env, names_used
 
 import ferroware.middleware
 
@@ -89,8 +89,7 @@ def test_starlette_builtin_middleware(starlette_sdist: Path, file: str) -> None:
         problems.append(f"passed on one backend only: {sorted(asyncio_ids ^ trio_ids)}")
 
     module = file.removesuffix(".py").replace("/", ".")
-    source = (starlette_sdist / file).read_text(encoding="utf-8")
-    used = [name for name in FILES[file] if re.search(rf"\b{name}\b", source)]
+    used = names_used(starlette_sdist, file, FILES[file])
     if FILES[file][0] not in used:
         problems.append(f"{file} does not use {FILES[file][0]}: nothing of ferroware's is tested")
     for name in used:

@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from _sdist import HERE, STARLETTE_VERSION, TAIL_LINES, _tail, backend_neutral, deselect_args, deselected_in
+from _sdist import HERE, STARLETTE_VERSION, TAIL_LINES, _tail, backend_neutral, deselect_args, deselected_in, names_used
 
 pytestmark = pytest.mark.conformance
 
@@ -83,8 +83,7 @@ def _module_name(file: str) -> str:
 
 
 def run_starlette_file(root: Path, file: str, *, swap_app: bool) -> None:
-    source = (root / file).read_text(encoding="utf-8")
-    used = [name for name in REQUIRED_BINDINGS[file] if re.search(rf"\b{name}\b", source)]
+    used = names_used(root, file, REQUIRED_BINDINGS[file])
     if not used:
         # Starlette 0.46's tests/middleware/test_middleware.py only tests Middleware's repr.
         pytest.skip(f"Starlette {STARLETTE_VERSION}'s {file} uses none of {REQUIRED_BINDINGS[file]}")
