@@ -375,7 +375,6 @@ def test_sigterm_with_requests_in_flight(request: pytest.FixtureRequest, tmp_pat
         srv.stop(timeout=2)
 
 
-
 @pytest.mark.parametrize("restream", ["none", "1"])
 def test_stream_cut_by_an_outer_timeout_never_looks_complete(server: Server, restream: str) -> None:
     """An outer pure-ASGI layer cancels the app 1 s into a 10 s stream
