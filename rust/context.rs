@@ -31,16 +31,25 @@ use pyo3::types::PyAny;
 pub struct AppContext {
     /// The app's context: a copy of `dispatch`'s when the app started.
     context: Py<PyAny>,
-    /// Another copy taken then, never entered: what the app changed is what
-    /// differs from it. (It also keeps the map they started with alive, so
-    /// its address can't be reused by another.)
+    /// The vars the app started with, as a mapping: what the app changed is
+    /// what differs from it. Where `ContextLayout` holds, this is the map the
+    /// copy shared with `dispatch`'s context then (one copy per layer instead
+    /// of two; the map is immutable, and this reference keeps its address
+    /// from being reused); elsewhere, a second copy, never entered.
     started_with: Py<PyAny>,
 }
 
 impl AppContext {
-    /// Copies of the current context (the one `dispatch` runs in).
+    /// A copy of the current context (the one `dispatch` runs in).
     pub fn copy_current(py: Python<'_>) -> PyResult<Self> {
-        Ok(AppContext { context: copy_current(py)?, started_with: copy_current(py)? })
+        let context = copy_current(py)?;
+        let started_with = match ContextLayout::checked(py) {
+            // SAFETY: a live context, laid out as checked; its map is a live
+            // object (non-null: checked with the layout), owned anew here.
+            Some(layout) => unsafe { Bound::from_borrowed_ptr(py, layout.vars(context.as_ptr()).cast_mut()).unbind() },
+            None => copy_current(py)?,
+        };
+        Ok(AppContext { context, started_with })
     }
 
     pub fn clone_ref(&self, py: Python<'_>) -> Self {
@@ -68,8 +77,8 @@ impl AppContext {
         let context = self.context.bind(py);
         let started_with = self.started_with.bind(py);
         if let Some(layout) = ContextLayout::checked(py) {
-            // SAFETY: both are live contexts, laid out as checked.
-            if unsafe { layout.vars(context.as_ptr()) == layout.vars(started_with.as_ptr()) } {
+            // SAFETY: a live context, laid out as checked.
+            if unsafe { layout.vars(context.as_ptr()) } == started_with.as_ptr().cast_const() {
                 return Ok(());
             }
         }
