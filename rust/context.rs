@@ -52,6 +52,11 @@ impl AppContext {
         Ok(AppContext { context, started_with })
     }
 
+    /// The context itself (a `contextvars.Context`).
+    pub fn context(&self) -> &Py<PyAny> {
+        &self.context
+    }
+
     pub fn clone_ref(&self, py: Python<'_>) -> Self {
         AppContext { context: self.context.clone_ref(py), started_with: self.started_with.clone_ref(py) }
     }

@@ -93,13 +93,18 @@ pub struct Hooks {
     /// suspended app frame running one of them tells whether a background
     /// task follows the body (see `RunLayer::sent`).
     pub response_calls: Py<PyTuple>,
+    /// `AppTask(app, scope, receive, context)`: the app in a task of its own,
+    /// for a request on the task path (`ferroware._app_task`).
+    pub app_task: Py<PyAny>,
+    /// Every request takes the task path (for tests: `FERROWARE_FORCE_TASK_PATH`).
+    pub force_task_path: bool,
 }
 
 #[pymethods]
 impl Hooks {
     #[new]
     #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (*, request_cls, request_template, response_cls, foreign_send, others_ready, checkpoint, proxy_link, handoff_of, asyncio_scopes, trio_scopes, response_calls))]
+    #[pyo3(signature = (*, request_cls, request_template, response_cls, foreign_send, others_ready, checkpoint, proxy_link, handoff_of, asyncio_scopes, trio_scopes, response_calls, app_task, force_task_path=false))]
     fn new(
         py: Python<'_>,
         request_cls: Py<PyType>,
@@ -113,6 +118,8 @@ impl Hooks {
         asyncio_scopes: Option<AsyncioScopes>,
         trio_scopes: Py<PyAny>,
         response_calls: Py<PyTuple>,
+        app_task: Py<PyAny>,
+        force_task_path: bool,
     ) -> PyResult<Self> {
         let request_shape = match request_template {
             Some(template) => Some(Shape::new(request_cls.bind(py), Some(template.bind(py)), &REQUEST_FIELDS)?),
@@ -132,7 +139,15 @@ impl Hooks {
             asyncio_scopes,
             trio_scopes,
             response_calls,
+            app_task,
+            force_task_path,
         })
+    }
+
+    /// Whether every request takes the task path.
+    #[getter]
+    fn force_task_path(&self) -> bool {
+        self.force_task_path
     }
 
     /// Whether requests and responses are built directly (`objects::Shape`),
@@ -261,6 +276,15 @@ pub struct ChannelInner {
     /// That response was stepped before the body was over: a pull of the
     /// body may come from another task, and goes through the hand-off.
     pub(crate) foreign_pulls: bool,
+    /// True while the layer steps `dispatch`: `call_next` first awaited now is
+    /// awaited in the layer's own task.
+    pub(crate) dispatching: bool,
+    /// The request is on the task path (`ferroware._app_task`): `coro` is the
+    /// relay of this `AppTask`, which runs the app in a task of its own.
+    pub(crate) app_task: Option<Py<PyAny>>,
+    /// On trio, the task's cancel scope when the layer began: where `dispatch`
+    /// started.
+    pub(crate) dispatch_scope: Option<Py<PyAny>>,
 }
 
 /// The app is suspended on `future` (asyncio); our task waits on `proxy`, which
@@ -351,6 +375,11 @@ impl ScopeTracker {
         )?))
     }
 
+    /// Whether the task is trio's (asyncio's trackers know their loop).
+    pub fn on_trio(&self) -> bool {
+        self.event_loop.is_none()
+    }
+
     /// The asyncio loop the request runs on, if it was looked up.
     pub fn event_loop<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyAny>> {
         self.event_loop.as_ref().map(|l| l.bind(py).clone())
@@ -411,6 +440,9 @@ impl Channel {
                 app_context: None,
                 responding: false,
                 foreign_pulls: false,
+                dispatching: false,
+                app_task: None,
+                dispatch_scope: None,
             }),
         }
     }
@@ -450,6 +482,8 @@ impl ChannelInner {
             self.app_scope.take(),
             self.forward_waiter.take(),
             self.forward_error.take(),
+            self.app_task.take(),
+            self.dispatch_scope.take(),
         )
     }
 
@@ -534,23 +568,57 @@ impl Channel {
     }
 
     /// Starts the downstream app: `app(scope, receive, channel)`, or straight
-    /// into the inner layer when the app is one.
-    pub fn start_app(slf: &Bound<'_, Self>) -> PyResult<()> {
+    /// into the inner layer when the app is one; on the task path, in a task
+    /// of its own, relayed (`ferroware._app_task`).
+    pub fn start_app(slf: &Bound<'_, Self>, task_path: bool) -> PyResult<()> {
         let py = slf.py();
         let channel = slf.get();
         let receive = channel.inner(py).receive.clone_ref(py);
         let scope = channel.scope.clone_ref(py);
         let dispatcher = channel.dispatcher.get();
-        let coro = match &dispatcher.inner {
-            Some(inner) if is_http(scope.bind(py))? => {
-                RunLayer::new(inner.bind(py), scope, receive, slf.clone().into_any().unbind()).into_py_any(py)?
-            }
-            _ => dispatcher.app.bind(py).call1((scope, receive, slf))?.unbind(),
+        let app_context = AppContext::copy_current(py)?;
+        let (coro, app_task) = if task_path {
+            let args = (&dispatcher.app, scope, receive, app_context.context());
+            let app_task = dispatcher.hooks.get().app_task.bind(py).call1(args)?;
+            (app_task.call_method1(intern!(py, "relay"), (slf,))?.unbind(), Some(app_task.unbind()))
+        } else {
+            let coro = match &dispatcher.inner {
+                Some(inner) if is_http(scope.bind(py))? => {
+                    RunLayer::new(inner.bind(py), scope, receive, slf.clone().into_any().unbind()).into_py_any(py)?
+                }
+                _ => dispatcher.app.bind(py).call1((scope, receive, slf))?.unbind(),
+            };
+            (coro, None)
         };
         let mut this = channel.inner_mut(py);
         this.coro = Some(coro);
-        this.app_context = Some(AppContext::copy_current(py)?);
+        this.app_task = app_task;
+        this.app_context = Some(app_context);
         Ok(())
+    }
+
+    /// On the task path, after the response went out (`finish`) or failed:
+    /// the relay is closed, and the app task's `finish()` or `abort()` is
+    /// stepped in its place. False on the fast path.
+    pub fn end_app_task(slf: &Bound<'_, Self>, method: &Bound<'_, PyString>) -> PyResult<bool> {
+        let py = slf.py();
+        let (app_task, relay, waiting) = {
+            let mut this = slf.get().inner_mut(py);
+            let Some(app_task) = this.app_task.as_ref().map(|t| t.clone_ref(py)) else { return Ok(false) };
+            this.state = State::Draining;
+            (app_task, this.coro.take(), this.waiting.take())
+        };
+        // A drive of another task still waiting on the relay is woken: it
+        // finds the response gone (`DriveCore::run`).
+        if let Some(proxy) = waiting.as_ref().and_then(|w| w.proxy.as_ref()) {
+            wake_future(proxy.bind(py))?;
+        }
+        if let Some(relay) = relay {
+            relay.bind(py).call_method0(intern!(py, "close"))?;
+        }
+        let coro = app_task.bind(py).call_method0(method)?;
+        slf.get().inner_mut(py).coro = Some(coro.unbind());
+        Ok(true)
     }
 }
 

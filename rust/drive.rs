@@ -13,7 +13,7 @@ use pyo3::prelude::*;
 use pyo3::{ffi, intern};
 
 use crate::coro::{resume, stop_iteration, Input, Step};
-use crate::dispatch::{Channel, Hooks, ScopeTracker, State, Waiting};
+use crate::dispatch::{Channel, ChannelInner, Hooks, ScopeTracker, State, Waiting};
 use crate::gil_cell::GilCell;
 use crate::message::{Kind, Message};
 
@@ -92,11 +92,13 @@ pub struct DriveCore {
     begun: bool,
     /// The task's cancel scope when this core began (where dispatch is), if tracked.
     outer: Option<Py<PyAny>>,
+    /// `call_next` starts the app on the task path.
+    task_path: bool,
 }
 
 impl DriveCore {
     pub fn new(goal: Goal) -> Self {
-        DriveCore { goal, sub: None, begun: false, outer: None }
+        DriveCore { goal, sub: None, begun: false, outer: None, task_path: false }
     }
 
     /// Steps toward the goal. Around it, the task is moved into the app's own
@@ -104,6 +106,14 @@ impl DriveCore {
     /// is reached with the app still suspended inside a scope of its own, back
     /// to the scope the caller was in (see `ferroware._scopes`).
     pub fn step(&mut self, channel: &Bound<'_, Channel>, input: Input) -> Outcome {
+        if !self.begun && self.goal == Goal::Start {
+            // `call_next` first awaited outside the layer's stepping of
+            // `dispatch` is awaited in another task: the app gets a task of
+            // its own (`ferroware._app_task`), and no cancel scope is moved.
+            let py = channel.py();
+            let forced = channel.get().dispatcher.get().hooks.get().force_task_path;
+            self.task_path = forced || !channel.get().inner(py).dispatching;
+        }
         if !self.begun {
             if let Err(err) = self.enter_app_scope(channel) {
                 return Outcome::Raise(err);
@@ -145,6 +155,9 @@ impl DriveCore {
     fn enter_app_scope(&mut self, channel: &Bound<'_, Channel>) -> PyResult<()> {
         let py = channel.py();
         if self.goal == Goal::Start {
+            if self.task_path {
+                return Ok(());
+            }
             let known = channel.get().inner(py).tracker.as_ref().map(|t| t.clone_ref(py));
             let tracker = match known {
                 Some(tracker) => Some(tracker),
@@ -153,6 +166,14 @@ impl DriveCore {
             let Some(tracker) = tracker else { return Ok(()) };
             let outer = tracker.borrow_mut(py).current(py)?;
             let mut this = channel.get().inner_mut(py);
+            if this.dispatch_scope.as_ref().is_some_and(|scope| !outer.is(scope)) {
+                // Trio, and dispatch awaits call_next inside a cancel scope of
+                // its own: trio's scope tree would make a scope the app opens a
+                // child of it, and dispatch leaving it first would abandon the
+                // app's. The app gets a task of its own instead.
+                self.task_path = true;
+                return Ok(());
+            }
             this.tracker = Some(tracker);
             // Tracked even when dispatch runs in no scope at all: a scope the app
             // is left suspended in must not catch the layer's own awaits either
@@ -223,6 +244,10 @@ impl DriveCore {
             }
             let (coro, waiting, app_context) = {
                 let mut this = channel.get().inner_mut(py);
+                if this.app_task.is_some() && self.goal_outlived(&this) {
+                    drop(this);
+                    return self.response_gone();
+                }
                 match this.coro.as_ref() {
                     Some(coro) => {
                         (coro.clone_ref(py), this.waiting.take(), this.app_context.as_ref().map(|c| c.clone_ref(py)))
@@ -366,7 +391,7 @@ impl DriveCore {
         let py = channel.py();
         match self.goal {
             Goal::Start => {
-                if let Err(err) = Channel::start_app(channel) {
+                if let Err(err) = Channel::start_app(channel, self.task_path) {
                     channel.get().inner_mut(py).state = State::Done;
                     return Err(err);
                 }
@@ -377,6 +402,10 @@ impl DriveCore {
                 _ => Some(Next::Settle(Outcome::End)),
             }),
             Goal::Finish | Goal::Abort => {
+                let method = if self.goal == Goal::Finish { intern!(py, "finish") } else { intern!(py, "abort") };
+                if Channel::end_app_task(channel, method)? {
+                    return Ok(None);
+                }
                 let mut this = channel.get().inner_mut(py);
                 if this.coro.is_none() {
                     this.state = State::Done;
@@ -467,6 +496,21 @@ impl DriveCore {
             },
             // Sends are discarded once draining; nothing pauses here.
             Goal::Finish | Goal::Abort => Ok(Next::Resume(Input::none(py))),
+        }
+    }
+
+    /// On the task path, a drive for the response or its body in another
+    /// task may outlive the layer's response; the relay is gone then.
+    fn goal_outlived(&self, this: &ChannelInner) -> bool {
+        matches!(self.goal, Goal::Start | Goal::Body) && this.is_response_sent()
+    }
+
+    fn response_gone(&self) -> Outcome {
+        match self.goal {
+            Goal::Body => Outcome::End,
+            _ => Outcome::Raise(PyRuntimeError::new_err(
+                "call_next() is still awaited after the middleware's response went out (or failed)",
+            )),
         }
     }
 

@@ -18,7 +18,7 @@ use pyo3::types::{PyBytes, PyDict, PyList, PyMapping, PyTuple};
 use pyo3::{ffi, intern};
 
 use crate::coro::{self, resume, Input};
-use crate::dispatch::{Channel, Dispatcher, Pause, Sent, State, Waiting};
+use crate::dispatch::{Channel, Dispatcher, Pause, ScopeTracker, Sent, State, Waiting};
 use crate::drive::{is_asyncio_future, DriveCore, Goal, Outcome};
 use crate::gil_cell::GilCell;
 use crate::message::Message;
@@ -233,6 +233,10 @@ impl Layer {
                     let iter = iter.clone_ref(py);
                     self.step_response(py, iter, input)
                 }
+                Some(Sub::Py(iter)) if self.phase == Phase::Dispatch => {
+                    let iter = iter.clone_ref(py);
+                    self.step_dispatch(py, iter, input)
+                }
                 Some(Sub::Py(iter)) => {
                     let iter = iter.clone_ref(py);
                     resume(py, iter.bind(py), input).map(Step::from)
@@ -333,6 +337,16 @@ impl Layer {
                 }
             }
         }
+    }
+
+    /// Steps `dispatch`, marking the channel as `dispatching` meanwhile: a
+    /// `call_next` first awaited then is awaited in our task (`DriveCore::step`).
+    fn step_dispatch(&mut self, py: Python<'_>, dispatch: Py<PyAny>, input: Input) -> PyResult<Step> {
+        let channel = self.channel().get();
+        channel.inner_mut(py).dispatching = true;
+        let stepped = resume(py, dispatch.bind(py), input);
+        channel.inner_mut(py).dispatching = false;
+        stepped.map(Step::from)
     }
 
     /// Steps the response `dispatch` returned, marking the channel as
@@ -474,15 +488,23 @@ impl Layer {
         };
         let downstream_receive = request.getattr(intern!(py, "downstream_receive"))?;
         // How to read and move this task's cancel scope: shared with the layer
-        // above when it is ours (same task); else looked up when call_next starts.
+        // above when it is ours (same task); else looked up here, once per
+        // request, in the task the request runs in.
         let tracker = match self.send.bind(py).cast::<Channel>() {
             Ok(parent) => parent.get().inner(py).tracker.as_ref().map(|t| t.clone_ref(py)),
-            Err(_) => None,
+            Err(_) => ScopeTracker::lookup(py, hooks)?,
+        };
+        // On trio, where dispatch is now: a `call_next` made inside a cancel
+        // scope that dispatch entered takes the task path (`DriveCore::step`).
+        let dispatch_scope = match &tracker {
+            Some(tracker) if tracker.borrow(py).on_trio() => Some(tracker.borrow_mut(py).current(py)?.unbind()),
+            _ => None,
         };
         {
             let mut this = channel.get().inner_mut(py);
             this.receive = downstream_receive.clone().unbind();
             this.tracker = tracker;
+            this.dispatch_scope = dispatch_scope;
         }
         let call_next = channel.getattr(intern!(py, "call_next"))?;
         let coro = d.dispatch_func.bind(py).call1((&request, call_next))?;

@@ -63,6 +63,7 @@ pub fn is_turn(value: &Bound<'_, PyAny>) -> bool {
 pub fn may_come(channel: &Bound<'_, Channel>, future: &Bound<'_, PyAny>) -> bool {
     let this = channel.get().inner(channel.py());
     this.state == State::Started
+        && this.app_task.is_none()
         && !this.waiting.as_ref().and_then(|w| w.proxy.as_ref()).is_some_and(|proxy| future.is(proxy))
 }
 
@@ -74,7 +75,9 @@ pub fn expect(channel: &Bound<'_, Channel>) -> PyResult<()> {
     let py = channel.py();
     {
         let this = channel.get().inner(py);
-        if this.foreign_pulls || this.state != State::Started {
+        // On the task path the app runs in a task of its own, and its relay
+        // may be stepped in any task: the puller's own does.
+        if this.foreign_pulls || this.state != State::Started || this.app_task.is_some() {
             return Ok(());
         }
     }

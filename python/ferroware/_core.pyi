@@ -2,7 +2,7 @@
 public API in ``ferroware`` instead."""
 
 from collections.abc import Awaitable, Callable, Generator, Iterable, Iterator, Mapping, MutableMapping
-from contextvars import ContextVar
+from contextvars import Context, ContextVar
 from types import CodeType
 from typing import Any, ClassVar, final
 
@@ -33,7 +33,12 @@ class Hooks:
         asyncio_scopes: tuple[Any, Any, dict[Any, Any], Callable[[Any, Any, Any, Any], None]] | None,
         trio_scopes: Callable[[], tuple[Any, Any, str, Callable[[Any, Any, Any, Any], None]] | None],
         response_calls: tuple[CodeType, ...],
+        app_task: Callable[[ASGIApp, Scope, Receive, Context], Any],
+        force_task_path: bool = False,
     ) -> None: ...
+    @property
+    def force_task_path(self) -> bool:
+        """Whether every request takes the task path (``FERROWARE_FORCE_TASK_PATH=1``)."""
     @property
     def builds_directly(self) -> bool:
         """Whether requests and responses are built without ``__init__`` (the

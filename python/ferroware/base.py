@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -9,6 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from ferroware._app_task import AppTask
 from ferroware._core import Dispatcher, Hooks
 from ferroware._handoff import Handoff
 from ferroware._request import DispatchRequest, foreign_send, request_template
@@ -33,6 +35,10 @@ HOOKS = Hooks(
     asyncio_scopes=asyncio_support(),
     trio_scopes=trio_scopes,
     response_calls=response_calls(),
+    app_task=AppTask,
+    # For tests only: every request on the task path, to check it on its own
+    # (tests/conformance). Read once, at import.
+    force_task_path=os.environ.get("FERROWARE_FORCE_TASK_PATH") == "1",
 )
 
 

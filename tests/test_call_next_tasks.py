@@ -1,0 +1,156 @@
+"""``call_next`` awaited from another task, against stock Starlette.
+
+Timeout and fan-out middleware await ``call_next`` in a task of its own:
+``asyncio.wait_for`` (on CPython 3.11 it runs the awaitable in a new task),
+``create_task``, ``shield``, ``gather``, an ``asyncio.TaskGroup``, anyio's
+``start_soon``; or in a cancel scope of ``dispatch``'s (``fail_after``,
+``move_on_after``). Each pattern, on each kind of response (plain, streaming,
+file, with a background task), returned as it is or re-streamed by
+``dispatch`` (``StreamingResponse(response.body_iterator)``), on ASGI 2.3
+(Starlette's responses stream from a child task there) and 2.4: the same
+messages, events and errors as through stock Starlette, in the same run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import anyio
+import pytest
+from starlette.background import BackgroundTask
+from starlette.requests import Request
+from starlette.responses import FileResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
+from test_differential import STOCK_BODY_STREAM_LEAK, Base, CallNext, Recorder, differential, http_scope
+
+Pattern = Callable[[CallNext, Request], Awaitable[Response]]
+
+
+async def direct(call_next: CallNext, request: Request) -> Response:
+    return await call_next(request)
+
+
+async def wait_for(call_next: CallNext, request: Request) -> Response:
+    return await asyncio.wait_for(call_next(request), 5)
+
+
+async def create_task(call_next: CallNext, request: Request) -> Response:
+    return await asyncio.get_running_loop().create_task(call_next(request))
+
+
+async def shield(call_next: CallNext, request: Request) -> Response:
+    return await asyncio.shield(call_next(request))
+
+
+async def gather(call_next: CallNext, request: Request) -> Response:
+    response, _ = await asyncio.gather(call_next(request), asyncio.sleep(0))
+    return response
+
+
+async def asyncio_task_group(call_next: CallNext, request: Request) -> Response:
+    async with asyncio.TaskGroup() as group:
+        task = group.create_task(call_next(request))
+    return task.result()
+
+
+async def start_soon(call_next: CallNext, request: Request) -> Response:
+    responses: list[Response] = []
+
+    async def child() -> None:
+        responses.append(await call_next(request))
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(child)
+    return responses[0]
+
+
+async def fail_after(call_next: CallNext, request: Request) -> Response:
+    with anyio.fail_after(5):
+        return await call_next(request)
+
+
+async def move_on_after(call_next: CallNext, request: Request) -> Response:
+    with anyio.move_on_after(5):
+        return await call_next(request)
+    raise AssertionError("call_next took 5 s")  # pragma: no cover
+
+
+ANYIO_PATTERNS = [direct, start_soon, fail_after, move_on_after]
+ASYNCIO_PATTERNS = [wait_for, create_task, shield, gather, asyncio_task_group]
+RESPONSES = ["plain", "streaming", "file", "background"]
+
+
+def endpoint(kind: str, recorder: Recorder, path: Path) -> ASGIApp:
+    async def chunks() -> AsyncIterator[bytes]:
+        for chunk in (b"one ", b"two ", b"three"):
+            await anyio.sleep(0)
+            recorder.event("app:chunk", chunk)
+            yield chunk
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        recorder.event("app:called")
+        response: Response
+        if kind == "plain":
+            response = PlainTextResponse("plain body")
+        elif kind == "streaming":
+            response = StreamingResponse(chunks(), media_type="text/plain")
+        elif kind == "file":
+            response = FileResponse(path, stat_result=path.stat())
+        else:
+            response = PlainTextResponse("body", background=BackgroundTask(recorder.event, "app:background"))
+        await response(scope, receive, send)
+        recorder.event("app:returned")
+
+    return app
+
+
+def build(pattern: Pattern, kind: str, restream: bool, path: Path) -> Callable[[Base, Recorder], ASGIApp]:
+    def make(base: Base, recorder: Recorder) -> ASGIApp:
+        async def dispatch(request: Request, call_next: CallNext) -> Response:
+            recorder.event("dispatch:before")
+            response = await pattern(call_next, request)
+            recorder.event("dispatch:after", response.status_code)
+            if restream:
+                body = response.body_iterator  # type: ignore[attr-defined]
+                return StreamingResponse(body, status_code=response.status_code, headers=dict(response.headers))
+            return response
+
+        return base(endpoint(kind, recorder, path), dispatch=dispatch)
+
+    return make
+
+
+@pytest.fixture
+def body_file(tmp_path: Path) -> Path:
+    path = tmp_path / "body.txt"
+    path.write_bytes(b"file body " * 100)
+    return path
+
+
+async def check(pattern: Pattern, kind: str, restream: bool, spec_version: str, path: Path) -> None:
+    await differential(
+        build(pattern, kind, restream, path), scope=lambda: http_scope(spec_version=spec_version, extensions={})
+    )
+
+
+@pytest.mark.anyio
+@pytest.mark.filterwarnings(STOCK_BODY_STREAM_LEAK)
+@pytest.mark.parametrize("spec_version", ["2.3", "2.4"])
+@pytest.mark.parametrize("restream", [False, True], ids=["returned", "restreamed"])
+@pytest.mark.parametrize("kind", RESPONSES)
+@pytest.mark.parametrize("pattern", ANYIO_PATTERNS, ids=lambda p: p.__name__)
+async def test_anyio_patterns(pattern: Pattern, kind: str, restream: bool, spec_version: str, body_file: Path) -> None:
+    await check(pattern, kind, restream, spec_version, body_file)
+
+
+@pytest.mark.anyio
+@pytest.mark.filterwarnings(STOCK_BODY_STREAM_LEAK)
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+@pytest.mark.parametrize("spec_version", ["2.3", "2.4"])
+@pytest.mark.parametrize("restream", [False, True], ids=["returned", "restreamed"])
+@pytest.mark.parametrize("kind", RESPONSES)
+@pytest.mark.parametrize("pattern", ASYNCIO_PATTERNS, ids=lambda p: p.__name__)
+async def test_asyncio_patterns(pattern: Pattern, kind: str, restream: bool, spec_version: str, body_file: Path) -> None:
+    await check(pattern, kind, restream, spec_version, body_file)
