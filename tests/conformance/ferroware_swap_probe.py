@@ -10,11 +10,27 @@ not merely that the plugin loaded) even under ``-q``.
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import pytest
 
+from ferroware._app_task import AppTask
+
 PREFIX = "ferroware-swap-probe:"
 NAMES = ("BaseHTTPMiddleware", "Starlette")
+
+# How many requests took the task path: counted around AppTask's constructor
+# (the compiled layer calls the class it was given, so this sees every one).
+_app_tasks = [0]
+_init = AppTask.__init__
+
+
+def _counting_init(self: AppTask, *args: Any) -> None:
+    _app_tasks[0] += 1
+    _init(self, *args)
+
+
+AppTask.__init__ = _counting_init  # type: ignore[method-assign]
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
@@ -29,6 +45,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     }
     for where, obj in globals_seen.items():
         terminalreporter.write_line(f"{PREFIX} {where} = {_qualified(obj)}")
+    terminalreporter.write_line(f"{PREFIX} app_tasks = {_app_tasks[0]}")
     for module_name, module in sorted(sys.modules.items()):
         if not module_name.startswith("tests.") or module is None:
             continue

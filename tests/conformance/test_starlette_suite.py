@@ -82,17 +82,19 @@ def _module_name(file: str) -> str:
     return file.removesuffix(".py").replace("/", ".")
 
 
-def run_starlette_file(root: Path, file: str, *, swap_app: bool) -> None:
+def run_starlette_file(root: Path, file: str, *, swap_app: bool, task_path: bool = False) -> None:
     used = names_used(root, file, REQUIRED_BINDINGS[file])
     if not used:
         # Starlette 0.46's tests/middleware/test_middleware.py only tests Middleware's repr.
         pytest.skip(f"Starlette {STARLETTE_VERSION}'s {file} uses none of {REQUIRED_BINDINGS[file]}")
     env = dict(os.environ)
     # The outer run's pytest options and plugins are not the inner run's business.
-    for name in ("PYTEST_ADDOPTS", "PYTEST_PLUGINS", "FERROWARE_SWAP_APP"):
+    for name in ("PYTEST_ADDOPTS", "PYTEST_PLUGINS", "FERROWARE_SWAP_APP", "FERROWARE_FORCE_TASK_PATH"):
         env.pop(name, None)
     if swap_app:
         env["FERROWARE_SWAP_APP"] = "1"
+    if task_path:
+        env["FERROWARE_FORCE_TASK_PATH"] = "1"
     env["PYTHONPATH"] = os.pathsep.join([str(HERE), *filter(None, [os.environ.get("PYTHONPATH")])])
     env["PY_COLORS"] = "0"
     deselected = deselected_in(file)
@@ -118,11 +120,15 @@ def run_starlette_file(root: Path, file: str, *, swap_app: bool) -> None:
     unexpected: list[str] = []
     summary: str | None = None
     bindings: dict[str, str] = {}
+    app_tasks: int | None = None
     for line in proc.stdout.splitlines():
         if match := OUTCOME_RE.match(line):
             (passed if match[1] == "PASSED" else unexpected).append(line)
         elif match := PROBE_RE.match(line):
-            bindings[match[1]] = match[2]
+            if match[1] == "app_tasks":
+                app_tasks = int(match[2])
+            else:
+                bindings[match[1]] = match[2]
         elif SUMMARY_RE.match(line) or re.match(r"^=*\s*\d+ \w+.* in [\d.]+s", line):
             summary = line
     passed = [line.removeprefix("PASSED ") for line in passed]
@@ -157,6 +163,9 @@ def run_starlette_file(root: Path, file: str, *, swap_app: bool) -> None:
             f"passed on one backend only: asyncio-only {sorted(only_asyncio)}, trio-only {sorted(only_trio)}"
         )
 
+    if task_path and not app_tasks:
+        problems.append(f"forced onto the task path, but {app_tasks} app tasks were started")
+
     for test_id in REQUIRED_PASSES.get(file, []):
         if test_id not in passed:
             problems.append(f"required test did not pass: {test_id}")
@@ -180,9 +189,11 @@ def run_starlette_file(root: Path, file: str, *, swap_app: bool) -> None:
     if problems:
         pytest.fail(
             f"Starlette {STARLETTE_VERSION} {file} with ferroware "
-            f"({'BaseHTTPMiddleware + Starlette' if swap_app else 'BaseHTTPMiddleware'} swapped in):\n- "
+            f"({'BaseHTTPMiddleware + Starlette' if swap_app else 'BaseHTTPMiddleware'} swapped in"
+            f"{', every request on the task path' if task_path else ''}):\n- "
             + "\n- ".join(problems)
-            + f"\n\n$ (cd {root} && FERROWARE_SWAP_APP={int(swap_app)} {' '.join(cmd)})\n"
+            + f"\n\n$ (cd {root} && FERROWARE_SWAP_APP={int(swap_app)} FERROWARE_FORCE_TASK_PATH={int(task_path)}"
+            + f" {' '.join(cmd)})\n"
             + f"--- last {TAIL_LINES} lines of output ---\n{_tail(output)}",
             pytrace=False,
         )
@@ -198,3 +209,23 @@ def test_starlette_file(starlette_sdist: Path, file: str) -> None:
 def test_starlette_file_with_ferroware_app(starlette_sdist: Path, file: str) -> None:
     """Starlette's tests, ``ferroware.Starlette`` swapped in too (``FERROWARE_SWAP_APP=1``)."""
     run_starlette_file(starlette_sdist, file, swap_app=True)
+
+
+# The runs whose requests go through BaseHTTPMiddleware layers (Starlette's
+# tests/test_applications.py has none: nothing there takes either path).
+TASK_PATH_RUNS = [
+    ("tests/middleware/test_base.py", False),
+    ("tests/middleware/test_middleware.py", False),
+    ("tests/middleware/test_base.py", True),
+]
+
+
+@pytest.mark.parametrize(
+    ("file", "swap_app"), TASK_PATH_RUNS, ids=[f"{file}{'-with_app' * swap_app}" for file, swap_app in TASK_PATH_RUNS]
+)
+def test_starlette_file_on_the_task_path(starlette_sdist: Path, file: str, swap_app: bool) -> None:
+    """The same runs with every request on the task path
+    (``FERROWARE_FORCE_TASK_PATH=1``), and at least one request made: the app
+    in a task of its own, as when ``call_next`` is awaited from another task,
+    must be as stock on its own."""
+    run_starlette_file(starlette_sdist, file, swap_app=swap_app, task_path=True)

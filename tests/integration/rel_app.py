@@ -14,7 +14,8 @@ the same request to both and compare what the client gets:
 The mixed stack, outermost first: pure ASGI ``Outer``, decorator ``layer_b``,
 pure ASGI ``Counter``, decorator ``layer_a``, decorator ``faults`` (raises or
 times out on request), decorator ``restream`` (re-streams the body on
-request), the ``Subclass`` layer, decorator ``reader`` (reads the whole body
+request), decorator ``call_next_from`` (awaits ``call_next`` from another task
+or in a cancel scope, on request), the ``Subclass`` layer, decorator ``reader`` (reads the whole body
 with ``request.body()`` on ``/upload-read``), pure ASGI ``Inner``, then
 FastAPI's router. A re-streamed request's end, and an exception escaping the
 app on it, are recorded as events. A request with ``x-cut-after: SECONDS``
@@ -45,7 +46,7 @@ import sniffio
 from starlette.background import BackgroundTask
 from starlette.middleware.base import BaseHTTPMiddleware as StockBaseHTTPMiddleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import ferroware
@@ -218,6 +219,65 @@ async def faults(request: Request, call_next: CallNext) -> Response:
     response = await call_next(request)
     if fault == "dispatch-after":
         raise RuntimeError("fault: dispatch after call_next")
+    return response
+
+
+async def _in_start_soon(call_next: CallNext, request: Request) -> Response:
+    responses: list[Response] = []
+
+    async def child() -> None:
+        responses.append(await call_next(request))
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(child)
+    return responses[0]
+
+
+async def _in_asyncio_task_group(call_next: CallNext, request: Request) -> Response:
+    async with asyncio.TaskGroup() as group:
+        task = group.create_task(call_next(request))
+    return task.result()
+
+
+async def _in_fail_after(call_next: CallNext, request: Request) -> Response:
+    with anyio.fail_after(10):
+        return await call_next(request)
+
+
+async def _in_move_on_after(call_next: CallNext, request: Request) -> Response:
+    with anyio.move_on_after(10):
+        return await call_next(request)
+    return PlainTextResponse("call_next took 10 s", status_code=504)
+
+
+async def _gathered(call_next: CallNext, request: Request) -> Response:
+    response, _ = await asyncio.gather(call_next(request), asyncio.sleep(0))
+    return response
+
+
+# How ``call_next_from`` awaits call_next, by the ``x-call-next`` header; the
+# first four need asyncio.
+CALL_NEXT_FROM: dict[str, Callable[[CallNext, Request], Awaitable[Response]]] = {
+    "wait_for": lambda call_next, request: asyncio.wait_for(call_next(request), 10),
+    "create_task": lambda call_next, request: asyncio.get_running_loop().create_task(call_next(request)),
+    "shield": lambda call_next, request: asyncio.shield(call_next(request)),
+    "gather": _gathered,
+    "task_group": _in_asyncio_task_group,
+    "start_soon": _in_start_soon,
+    "fail_after": _in_fail_after,
+    "move_on_after": _in_move_on_after,
+}
+ASYNCIO_ONLY = ("wait_for", "create_task", "shield", "gather", "task_group")
+
+
+async def call_next_from(request: Request, call_next: CallNext) -> Response:
+    """Decorator layer: on ``x-call-next: PATTERN``, awaits call_next that way
+    (timeout and fan-out middleware do); else directly."""
+    pattern = CALL_NEXT_FROM.get(request.headers.get("x-call-next", ""))
+    if pattern is None:
+        return await call_next(request)
+    response = await pattern(call_next, request)
+    response.headers["x-call-next"] = request.headers["x-call-next"]
     return response
 
 
@@ -398,6 +458,14 @@ def add_routes(app: fastapi.FastAPI, kind: str) -> None:
 
         return StreamingResponse(chunks(), media_type="text/plain")
 
+    @app.get("/file")
+    async def file() -> FileResponse:
+        return FileResponse(__file__, media_type="text/plain")
+
+    @app.get("/background")
+    async def background_ok(tag: str) -> PlainTextResponse:
+        return PlainTextResponse("background scheduled", background=BackgroundTask(record, ev="background-ran", tag=tag))
+
     @app.get("/fault/background")
     async def background(tag: str) -> PlainTextResponse:
         def fail() -> None:
@@ -420,6 +488,7 @@ def build(kind: str) -> fastapi.FastAPI:
     app.add_middleware(Inner)
     app.middleware("http")(reader)
     app.add_middleware(make_subclass(base))
+    app.middleware("http")(call_next_from)
     app.middleware("http")(restream)
     app.middleware("http")(faults)
     app.middleware("http")(header_layer("layer-a"))

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from rel_harness import HOST, SERVER_KINDS, SUMMARY, Reply, Server, attach_output, start_server
-from rel_app import MB, payload
+from rel_app import ASYNCIO_ONLY, CALL_NEXT_FROM, MB, payload
 
 pytestmark = pytest.mark.integration
 
@@ -414,3 +414,54 @@ def test_stream_cut_by_an_outer_timeout_never_looks_complete(server: Server, res
         )
     if server.name.startswith("uvicorn"):
         assert not replies["ferro"].complete, f"{server.name}: a cut stream looked complete"
+
+
+# --- call_next from another task ------------------------------------------------------
+
+CALL_NEXT_KINDS = {  # the tag names the request's events (``rel_app.root``)
+    "plain": "/hello?tag={tag}",
+    "streaming": "/download?size=2621440&tag={tag}",  # three chunks
+    "file": "/file?tag={tag}",
+    "background": "/background?tag={tag}",
+}
+LOG_PROBLEMS = ("Traceback", "Exception in ASGI application", "cancel scope", "Task exception was never retrieved")
+
+
+@pytest.mark.parametrize("pattern", list(CALL_NEXT_FROM))
+def test_call_next_from_another_task_behaves_as_stock_starlette(server: Server, pattern: str) -> None:
+    """A layer awaiting call_next from another task (``wait_for``,
+    ``create_task``, ``shield``, ``gather``, an ``asyncio.TaskGroup``, anyio's
+    ``start_soon``) or in a cancel scope (``fail_after``, ``move_on_after``),
+    in front of each kind of response, returned as it is or re-streamed by a
+    layer above: the client gets what it gets from stock Starlette, a
+    background task runs for both, and nothing is logged (issue 16, item 2:
+    on ASGI 2.3 servers, every such request used to log "Attempted to exit
+    cancel scope in a different task")."""
+    if pattern in ASYNCIO_ONLY and SERVER_KINDS[server.name].async_library != "asyncio":
+        pattern = "start_soon"  # trio has no asyncio tasks: its own kind of child instead
+    since = server.output_size()
+    for kind, path in CALL_NEXT_KINDS.items():
+        # Not a file re-streamed: on granian (pathsend) the body iterator gives
+        # the pathsend message, which StreamingResponse can't send (stock too).
+        for restream in ("none",) if kind == "file" else ("none", "1"):
+            tags = {"ferro": tag(), "stock": tag()}
+            headers = {"x-call-next": pattern, **({"x-restream": restream} if restream != "none" else {})}
+            replies = {
+                name: server.get(f"/{name}{path.format(tag=t)}", headers=headers, timeout=20)
+                for name, t in tags.items()
+            }
+            ferro, stock = replies["ferro"], replies["stock"]
+            case = f"{pattern} {kind} restream={restream} on {server.name}"
+            assert ferro.outcome() == stock.outcome(), f"{case}: ferroware {ferro} vs stock {stock}"
+            assert ferro.status == 200 and ferro.complete, f"{case}: {ferro}"
+            assert ferro.header("x-call-next") == pattern, f"{case}: {ferro.headers}"
+            if kind == "background":
+                for t in tags.values():
+                    assert server.wait_for_event(timeout=5, ev="background-ran", tag=t), f"{case}: no background"
+            if restream != "none":
+                for t in tags.values():
+                    assert server.wait_for_event(timeout=5, ev="ended", tag=t), f"{case}: the app never ended"
+                    assert not server.events(ev="escaped", tag=t), f"{case}: {server.events(ev='escaped', tag=t)}"
+    logged = server.output(since)
+    problems = [line for line in logged.splitlines() if any(p in line for p in LOG_PROBLEMS)]
+    assert not problems, f"{pattern} on {server.name} logged:\n" + "\n".join(problems)
