@@ -57,12 +57,24 @@ impl AppContext {
         &self.context
     }
 
-    pub fn clone_ref(&self, py: Python<'_>) -> Self {
-        AppContext { context: self.context.clone_ref(py), started_with: self.started_with.clone_ref(py) }
+    /// Bound to the GIL, to be used while the channel holding this is not
+    /// borrowed (a step of the app may reach it). Bound references are
+    /// dropped without PyO3's thread-local check of a `Py`'s drop, which
+    /// stepping pays per step and layer.
+    pub fn bind<'py>(&self, py: Python<'py>) -> BoundAppContext<'py> {
+        BoundAppContext { context: self.context.bind(py).clone(), started_with: self.started_with.bind(py).clone() }
     }
+}
 
+pub struct BoundAppContext<'py> {
+    context: Bound<'py, PyAny>,
+    started_with: Bound<'py, PyAny>,
+}
+
+impl BoundAppContext<'_> {
     /// `step()`, run in the app's context.
-    pub fn run<T>(&self, py: Python<'_>, step: impl FnOnce() -> T) -> PyResult<T> {
+    pub fn run<T>(&self, step: impl FnOnce() -> T) -> PyResult<T> {
+        let py = self.context.py();
         // SAFETY: a live context object; 0, or -1 with an exception (it is
         // entered already: a step of the app inside another step of it).
         if unsafe { ffi::PyContext_Enter(self.context.as_ptr()) } != 0 {
@@ -78,9 +90,9 @@ impl AppContext {
     }
 
     /// Sets in the current context each var the app changed in its own.
-    pub fn adopt_changes(&self, py: Python<'_>) -> PyResult<()> {
-        let context = self.context.bind(py);
-        let started_with = self.started_with.bind(py);
+    pub fn adopt_changes(&self) -> PyResult<()> {
+        let py = self.context.py();
+        let (context, started_with) = (&self.context, &self.started_with);
         if let Some(layout) = ContextLayout::checked(py) {
             // SAFETY: a live context, laid out as checked.
             if unsafe { layout.vars(context.as_ptr()) } == started_with.as_ptr().cast_const() {

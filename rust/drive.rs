@@ -107,12 +107,15 @@ impl DriveCore {
     /// to the scope the caller was in (see `ferroware._scopes`).
     pub fn step(&mut self, channel: &Bound<'_, Channel>, input: Input) -> Outcome {
         if !self.begun && self.goal == Goal::Start {
-            // `call_next` first awaited outside the layer's stepping of
-            // `dispatch` is awaited in another task: the app gets a task of
-            // its own (`ferroware._app_task`), and no cancel scope is moved.
+            // The app gets a task of its own (`ferroware._app_task`), and no
+            // cancel scope is moved, when `call_next` is first awaited outside
+            // the layer's stepping of `dispatch` (so in another task), or the
+            // task's cancel scopes can't be read (anyio's or trio's internals
+            // not as expected, `_scopes.py`).
             let py = channel.py();
             let forced = channel.get().dispatcher.get().hooks.get().force_task_path;
-            self.task_path = forced || !channel.get().inner(py).dispatching;
+            let this = channel.get().inner(py);
+            self.task_path = forced || !this.dispatching || this.tracker.is_none();
         }
         if !self.begun {
             if let Err(err) = self.enter_app_scope(channel) {
@@ -125,8 +128,8 @@ impl DriveCore {
         }
         if self.goal == Goal::Start {
             let py = channel.py();
-            let app_context = channel.get().inner(py).app_context.as_ref().map(|c| c.clone_ref(py));
-            if let Some(Err(err)) = app_context.map(|c| c.adopt_changes(py)) {
+            let app_context = channel.get().inner(py).app_context.as_ref().map(|c| c.bind(py));
+            if let Some(Err(err)) = app_context.map(|c| c.adopt_changes()) {
                 return Outcome::Raise(err);
             }
         }
@@ -250,7 +253,7 @@ impl DriveCore {
                 }
                 match this.coro.as_ref() {
                     Some(coro) => {
-                        (coro.clone_ref(py), this.waiting.take(), this.app_context.as_ref().map(|c| c.clone_ref(py)))
+                        (coro.bind(py).clone(), this.waiting.take(), this.app_context.as_ref().map(|c| c.bind(py)))
                     }
                     None => {
                         drop(this);
@@ -275,8 +278,8 @@ impl DriveCore {
             channel.get().inner_mut(py).stepping = true;
             let started = channel.get().timed.then(crate::timing::clock::now);
             let stepped = match &app_context {
-                Some(context) => context.run(py, || crate::layer::resume_app(py, coro.bind(py), input)).and_then(|r| r),
-                None => crate::layer::resume_app(py, coro.bind(py), input),
+                Some(context) => context.run(|| crate::layer::resume_app(py, &coro, input)).and_then(|r| r),
+                None => crate::layer::resume_app(py, &coro, input),
             };
             // Done stepping; a direct send (our pause yielded) left its message.
             let message = {
@@ -315,7 +318,7 @@ impl DriveCore {
                 Ok(Step::Yield(value)) => {
                     if matches!(self.goal, Goal::Start | Goal::Body)
                         && is_asyncio_future(value.bind(py))
-                        && !relaying_layer(py, coro.bind(py))
+                        && !relaying_layer(py, &coro)
                     {
                         // Wait on a proxy instead, so a send from another task can
                         // wake us while the app keeps waiting on its own future.

@@ -233,13 +233,15 @@ impl Layer {
                     let iter = iter.clone_ref(py);
                     self.step_response(py, iter, input)
                 }
+                // Bound, not `Py`, clones on these two paths, the ones every
+                // request takes: dropping a `Py` costs a thread-local lookup.
                 Some(Sub::Py(iter)) if self.phase == Phase::Dispatch => {
-                    let iter = iter.clone_ref(py);
-                    self.step_dispatch(py, iter, input)
+                    let iter = iter.bind(py).clone();
+                    self.step_dispatch(&iter, input)
                 }
                 Some(Sub::Py(iter)) => {
-                    let iter = iter.clone_ref(py);
-                    resume(py, iter.bind(py), input).map(Step::from)
+                    let iter = iter.bind(py).clone();
+                    resume(py, &iter, input).map(Step::from)
                 }
                 Some(Sub::ResponseWaits { response, waiting }) => {
                     let (response, waiting) = (response.clone_ref(py), waiting.again(py));
@@ -341,10 +343,11 @@ impl Layer {
 
     /// Steps `dispatch`, marking the channel as `dispatching` meanwhile: a
     /// `call_next` first awaited then is awaited in our task (`DriveCore::step`).
-    fn step_dispatch(&mut self, py: Python<'_>, dispatch: Py<PyAny>, input: Input) -> PyResult<Step> {
+    fn step_dispatch(&mut self, dispatch: &Bound<'_, PyAny>, input: Input) -> PyResult<Step> {
+        let py = dispatch.py();
         let channel = self.channel().get();
         channel.inner_mut(py).dispatching = true;
-        let stepped = resume(py, dispatch.bind(py), input);
+        let stepped = resume(py, dispatch, input);
         channel.inner_mut(py).dispatching = false;
         stepped.map(Step::from)
     }

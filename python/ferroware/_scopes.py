@@ -12,8 +12,9 @@ the app's scope again when it resumes the app.
 Both libraries keep that state where their public API doesn't reach; this
 module is the one place that touches it, checks that it looks as expected
 (anyio's at import, trio's at the first trio request), and otherwise turns the
-feature off with one warning naming what is missing (the dispatcher then
-behaves as before, with the limitation documented in docs/design.md).
+feature off with one warning naming what is missing: on that backend every
+request then takes the task path (``ferroware._app_task``), which needs none
+of it.
 """
 
 from __future__ import annotations
@@ -34,14 +35,15 @@ TRIO_TASK_ATTRIBUTES = ("_activate_cancel_status", "_cancel_status", "_child_nur
 
 class InternalsWarning(RuntimeWarning):
     """anyio's or trio's private state is not as ferroware expects: the cancel
-    scope move is off for that backend."""
+    scope move is off for that backend, whose requests take the task path."""
 
 
 def _warn_missing(library: str, missing: list[str]) -> None:
     warnings.warn(
         f"ferroware: {library} lacks {', '.join(missing)}, which the dispatcher reads to keep "
-        f"{library}'s cancel scopes right when the app is suspended; that is off for this "
-        "process (see docs/design.md, 'CPython details the dispatcher relies on')",
+        f"{library}'s cancel scopes right when the app is suspended; on {library} every request "
+        "now runs its app in a task of its own, as Starlette does, at Starlette's cost "
+        "(see docs/design.md, 'CPython details the dispatcher relies on')",
         InternalsWarning,
         stacklevel=3,
     )
