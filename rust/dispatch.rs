@@ -483,7 +483,6 @@ impl ChannelInner {
             self.forward_waiter.take(),
             self.forward_error.take(),
             self.app_task.take(),
-            self.dispatch_scope.take(),
         )
     }
 
@@ -599,14 +598,14 @@ impl Channel {
 
     /// On the task path, after the response went out (`finish`) or failed:
     /// the relay is closed, and the app task's `finish()` or `abort()` is
-    /// stepped in its place. False on the fast path.
-    pub fn end_app_task(slf: &Bound<'_, Self>, method: &Bound<'_, PyString>) -> PyResult<bool> {
+    /// stepped in its place.
+    #[inline(never)] // the task path only: kept out of the stepping code
+    pub fn end_app_task(slf: &Bound<'_, Self>, app_task: &Bound<'_, PyAny>, method: &Bound<'_, PyString>) -> PyResult<()> {
         let py = slf.py();
-        let (app_task, relay, waiting) = {
+        let (relay, waiting) = {
             let mut this = slf.get().inner_mut(py);
-            let Some(app_task) = this.app_task.as_ref().map(|t| t.clone_ref(py)) else { return Ok(false) };
             this.state = State::Draining;
-            (app_task, this.coro.take(), this.waiting.take())
+            (this.coro.take(), this.waiting.take())
         };
         // A drive of another task still waiting on the relay is woken: it
         // finds the response gone (`DriveCore::run`).
@@ -616,9 +615,9 @@ impl Channel {
         if let Some(relay) = relay {
             relay.bind(py).call_method0(intern!(py, "close"))?;
         }
-        let coro = app_task.bind(py).call_method0(method)?;
+        let coro = app_task.call_method0(method)?;
         slf.get().inner_mut(py).coro = Some(coro.unbind());
-        Ok(true)
+        Ok(())
     }
 }
 

@@ -394,6 +394,14 @@ impl DriveCore {
         let py = channel.py();
         match self.goal {
             Goal::Start => {
+                if channel.get().inner(py).state != State::Running {
+                    // Awaited from another task after dispatch returned: the
+                    // layer is done, and nothing may start the app any more.
+                    return Err(PyRuntimeError::new_err(
+                        "call_next() was awaited after the middleware's response went out: \
+                         await it before dispatch returns",
+                    ));
+                }
                 if let Err(err) = Channel::start_app(channel, self.task_path) {
                     channel.get().inner_mut(py).state = State::Done;
                     return Err(err);
@@ -405,8 +413,10 @@ impl DriveCore {
                 _ => Some(Next::Settle(Outcome::End)),
             }),
             Goal::Finish | Goal::Abort => {
-                let method = if self.goal == Goal::Finish { intern!(py, "finish") } else { intern!(py, "abort") };
-                if Channel::end_app_task(channel, method)? {
+                let app_task = channel.get().inner(py).app_task.as_ref().map(|t| t.bind(py).clone());
+                if let Some(app_task) = app_task {
+                    let method = if self.goal == Goal::Finish { intern!(py, "finish") } else { intern!(py, "abort") };
+                    Channel::end_app_task(channel, &app_task, method)?;
                     return Ok(None);
                 }
                 let mut this = channel.get().inner_mut(py);
@@ -508,6 +518,7 @@ impl DriveCore {
         matches!(self.goal, Goal::Start | Goal::Body) && this.is_response_sent()
     }
 
+    #[inline(never)] // rare: kept out of `DriveCore::run`, the hot loop
     fn response_gone(&self) -> Outcome {
         match self.goal {
             Goal::Body => Outcome::End,

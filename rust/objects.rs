@@ -11,23 +11,38 @@
 //! inserting them one by one into an empty dict would grow and rehash it on
 //! the way.
 //!
-//! All of it is public C API (`tp_alloc`, `PyObject_GenericGetDict`,
-//! `PyDict_Update`). Instance dicts are where CPython keeps changing things
-//! (inline values in 3.13, and `PyObject_GenericSetDict`, which this used to
-//! call, leaves the attributes unreachable on 3.13.0), so each shape checks
-//! once, when it is made, that an instance built this way reads back what was
-//! put in it; if not, its instances are made the slow, ordinary way.
+//! All of it is public C API (`tp_alloc`, `PyDict_Copy` and
+//! `PyObject_GenericSetDict`, or `PyObject_GenericGetDict` and
+//! `PyDict_Update`). Instance dicts are where CPython keeps changing things:
+//! on 3.13.0 (inline values) a dict given with `PyObject_GenericSetDict` leaves
+//! the attributes unreachable. So each shape checks once, when it is made,
+//! that an instance built one way reads back what was put in it, and takes
+//! the first way that does: the copied dict set as the instance's (the
+//! cheapest: one block copy, no insertion), the instance's own dict updated
+//! from the shape's (3.13), or the slow, ordinary way.
 
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString, PyType};
 
-/// How to build instances of one class: its attributes, and whether the direct
-/// way passed its check.
+/// How instances are built, cheapest first; a shape takes the first that
+/// passes its check.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Way {
+    /// `tp_alloc`, then a copy of the shape's dict set as the instance's.
+    SetCopy,
+    /// `tp_alloc`, then the instance's own dict updated from the shape's.
+    UpdateOwn,
+    /// `object.__new__` and `setattr`, as an `__init__` would store them.
+    Setattr,
+}
+
+/// How to build instances of one class: its attributes, and the way that
+/// passed its check.
 pub struct Shape {
     cls: Py<PyType>,
     attrs: Py<PyDict>,
-    direct: bool,
+    way: Way,
 }
 
 impl Shape {
@@ -43,12 +58,17 @@ impl Shape {
         for name in fields {
             attrs.set_item(PyString::intern(py, name), py.None())?;
         }
-        let mut shape = Shape { cls: cls.clone().unbind(), attrs: attrs.unbind(), direct: true };
-        shape.direct = shape.reads_back(py, fields)?;
+        let mut shape = Shape { cls: cls.clone().unbind(), attrs: attrs.unbind(), way: Way::SetCopy };
+        for way in [Way::SetCopy, Way::UpdateOwn, Way::Setattr] {
+            shape.way = way;
+            if way == Way::Setattr || shape.reads_back(py, fields)? {
+                break;
+            }
+        }
         Ok(shape)
     }
 
-    /// Whether this interpreter has the direct way working: an instance built
+    /// Whether the shape's way works on this interpreter: an instance built
     /// with a fresh object in each field finds each of them as its attribute.
     fn reads_back(&self, py: Python<'_>, fields: &[&str]) -> PyResult<bool> {
         let names: Vec<Bound<'_, PyString>> = fields.iter().map(|name| PyString::intern(py, name)).collect();
@@ -65,9 +85,9 @@ impl Shape {
         Ok(true)
     }
 
-    /// Whether instances are built directly (the check passed).
+    /// Whether instances are built directly (a direct way passed its check).
     pub fn is_direct(&self) -> bool {
-        self.direct
+        self.way != Way::Setattr
     }
 
     /// A new instance with the shape's attributes and `fields` set.
@@ -77,8 +97,7 @@ impl Shape {
         fields: &[(&Bound<'py, PyString>, &Bound<'py, PyAny>)],
     ) -> PyResult<Bound<'py, PyAny>> {
         let cls = self.cls.bind(py);
-        if !self.direct {
-            // `object.__new__` and `setattr`, as an `__init__` would store them.
+        if self.way == Way::Setattr {
             let obj = cls.call_method1(pyo3::intern!(py, "__new__"), (cls,))?;
             for (key, value) in self.attrs.bind(py).iter() {
                 obj.setattr(key.cast_into::<PyString>()?, value)?;
@@ -95,8 +114,22 @@ impl Shape {
             let alloc = (*tp).tp_alloc.unwrap_or(ffi::PyType_GenericAlloc);
             Bound::from_owned_ptr_or_err(py, alloc(tp, 0))?
         };
-        let attrs = instance_dict(&obj)?;
-        attrs.update(self.attrs.bind(py).as_mapping())?;
+        let attrs = match self.way {
+            Way::SetCopy => {
+                let attrs = self.attrs.bind(py).copy()?;
+                // SAFETY: a live object whose type has a `__dict__`, and a dict;
+                // 0, or -1 with an exception.
+                if unsafe { ffi::PyObject_GenericSetDict(obj.as_ptr(), attrs.as_ptr(), std::ptr::null_mut()) } != 0 {
+                    return Err(PyErr::fetch(py));
+                }
+                attrs
+            }
+            _ => {
+                let attrs = instance_dict(&obj)?;
+                attrs.update(self.attrs.bind(py).as_mapping())?;
+                attrs
+            }
+        };
         for (key, value) in fields {
             attrs.set_item(key, value)?;
         }
@@ -152,9 +185,10 @@ mod tests {
             let defaults = PyDict::new(py);
             defaults.set_item("flag", true).unwrap();
             let mut shape = Shape::new(&class(py), Some(&defaults), &["a", "b"]).unwrap();
-            assert!(shape.is_direct(), "the direct way fails its check on this CPython");
-            for direct in [true, false] {
-                shape.direct = direct;
+            assert!(shape.is_direct(), "no direct way passes its check on this CPython");
+            let checked = shape.way;
+            for way in [checked, Way::UpdateOwn, Way::Setattr] {
+                shape.way = way;
                 let (a, b) = (py.eval(c"object()", None, None).unwrap(), 7i64.into_pyobject(py).unwrap().into_any());
                 let obj =
                     shape.instantiate(py, &[(&PyString::new(py, "a"), &a), (&PyString::new(py, "b"), &b)]).unwrap();

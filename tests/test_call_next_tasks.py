@@ -14,11 +14,15 @@ messages, events and errors as through stock Starlette, in the same run.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import FileResponse, PlainTextResponse, Response, StreamingResponse
@@ -154,3 +158,109 @@ async def test_anyio_patterns(pattern: Pattern, kind: str, restream: bool, spec_
 @pytest.mark.parametrize("pattern", ASYNCIO_PATTERNS, ids=lambda p: p.__name__)
 async def test_asyncio_patterns(pattern: Pattern, kind: str, restream: bool, spec_version: str, body_file: Path) -> None:
     await check(pattern, kind, restream, spec_version, body_file)
+
+
+# --------------------------------------------------------------------------- random stacks
+
+
+@dataclass(frozen=True)
+class TaskPlan:
+    """Layers, each awaiting call_next its own way and perhaps re-streaming
+    the body, over an app that sends ``chunks``, on a server of ``spec_version``."""
+
+    patterns: list[str]  # per layer, outermost first
+    restreams: list[bool]
+    chunks: list[bytes]
+    background: bool
+    spec_version: str
+
+
+def task_plans(patterns: list[str]) -> st.SearchStrategy[TaskPlan]:
+    layers = st.integers(min_value=1, max_value=3)
+    return layers.flatmap(
+        lambda n: st.builds(
+            TaskPlan,
+            patterns=st.lists(st.sampled_from(patterns), min_size=n, max_size=n),
+            restreams=st.lists(st.booleans(), min_size=n, max_size=n),
+            chunks=st.lists(st.binary(min_size=1, max_size=16), max_size=4),
+            background=st.booleans(),
+            spec_version=st.sampled_from(["2.3", "2.4"]),
+        )
+    )
+
+
+PATTERNS = {pattern.__name__: pattern for pattern in ANYIO_PATTERNS + ASYNCIO_PATTERNS}
+
+
+def build_task_plan(plan: TaskPlan) -> Callable[[Base, Recorder], ASGIApp]:
+    def make(base: Base, recorder: Recorder) -> ASGIApp:
+        async def streamed() -> AsyncIterator[bytes]:
+            for chunk in plan.chunks:
+                await anyio.sleep(0)
+                yield chunk
+
+        async def endpoint(scope: Scope, receive: Receive, send: Send) -> None:
+            task = BackgroundTask(recorder.event, "app:background") if plan.background else None
+            await StreamingResponse(streamed(), background=task)(scope, receive, send)
+            recorder.event("app:returned")
+
+        app: ASGIApp = endpoint
+        for i, (name, restream) in reversed(list(enumerate(zip(plan.patterns, plan.restreams, strict=True)))):
+
+            async def dispatch(request: Request, call_next: CallNext, i: int = i, name: str = name,
+                               restream: bool = restream) -> Response:  # fmt: skip
+                response = await PATTERNS[name](call_next, request)
+                recorder.event(f"l{i}:after", response.status_code)
+                if restream:
+                    body = response.body_iterator  # type: ignore[attr-defined]
+                    return StreamingResponse(body, status_code=response.status_code, headers=dict(response.headers))
+                return response
+
+            app = base(app, dispatch=dispatch)
+        return app
+
+    return make
+
+
+async def run_task_plan(plan: TaskPlan) -> None:
+    await differential(build_task_plan(plan), scope=lambda: http_scope(spec_version=plan.spec_version))
+
+
+@pytest.mark.filterwarnings(STOCK_BODY_STREAM_LEAK)
+@pytest.mark.parametrize(
+    ("backend", "patterns"),
+    [("asyncio", [p.__name__ for p in ANYIO_PATTERNS + ASYNCIO_PATTERNS]), ("trio", [p.__name__ for p in ANYIO_PATTERNS])],
+    ids=["asyncio", "trio"],
+)
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_random_stacks_of_tasks(backend: str, patterns: list[str], data: st.DataObject) -> None:
+    plan = data.draw(task_plans(patterns))
+    anyio.run(functools.partial(run_task_plan, plan), backend=backend)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_call_next_awaited_after_dispatch_returned_fails_clearly() -> None:
+    """A task of ``call_next`` that dispatch leaves behind, awaited once the
+    layer is done: a ``RuntimeError`` saying so (stock's: its task group is
+    no longer active), and the app is never started."""
+    from ferroware import BaseHTTPMiddleware
+
+    left_behind: list[asyncio.Task[Response]] = []
+    started: list[str] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        started.append("app")
+        await PlainTextResponse("late")(scope, receive, send)
+
+    async def dispatch(request: Request, call_next: CallNext) -> Response:
+        left_behind.append(asyncio.get_running_loop().create_task(call_next(request)))  # type: ignore[arg-type]
+        return PlainTextResponse("early")
+
+    recorder = Recorder([{"type": "http.request", "body": b"", "more_body": False}])
+    await BaseHTTPMiddleware(app, dispatch=dispatch)(http_scope(), recorder.receive, recorder.send)
+    assert [m.get("body") for m in recorder.sends] == [None, b"early"]
+    with pytest.raises(RuntimeError, match=r"call_next\(\) was awaited after the middleware's response went out"):
+        await left_behind[0]
+    assert started == []
