@@ -235,7 +235,7 @@ def test_fault_behaves_as_stock_starlette(server: Server, fault: str) -> None:
         seen = {kind: [(e["ev"], e.get("exc")) for e in server.events(tag=t)] for kind, t in tags.items()}
         assert ferro.status == 504 and ferro.body == b"call_next timed out"
         assert seen["ferro"] == seen["stock"], f"{fault} on {server.name}: endpoint observations differ: {seen}"
-        assert [ev for ev, _ in seen["ferro"]] == ["slow-start", "timeout", "slow-done", "cleanup"], seen
+        assert [ev for ev, _ in seen["ferro"]] == ["slow-start", "timeout", "cleanup", "slow-done"], seen
         SUMMARY.setdefault("timeouts", {})[f"{server.name} {fault}"] = {k: [ev for ev, _ in v] for k, v in seen.items()}
     elif fault in awaited and fault != "background":
         # The client gets the same 504 from both. What happens to the endpoint
