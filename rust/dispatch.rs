@@ -600,7 +600,11 @@ impl Channel {
     /// the relay is closed, and the app task's `finish()` or `abort()` is
     /// stepped in its place.
     #[inline(never)] // the task path only: kept out of the stepping code
-    pub fn end_app_task(slf: &Bound<'_, Self>, app_task: &Bound<'_, PyAny>, method: &Bound<'_, PyString>) -> PyResult<()> {
+    pub fn end_app_task(
+        slf: &Bound<'_, Self>,
+        app_task: &Bound<'_, PyAny>,
+        method: &Bound<'_, PyString>,
+    ) -> PyResult<()> {
         let py = slf.py();
         let (relay, waiting) = {
             let mut this = slf.get().inner_mut(py);
