@@ -285,6 +285,11 @@ pub struct ChannelInner {
     /// On trio, the task's cancel scope when the layer began: where `dispatch`
     /// started.
     pub(crate) dispatch_scope: Option<Py<PyAny>>,
+    /// The tracker's task is trio's.
+    pub(crate) on_trio: bool,
+    /// The loop has a task factory, which may start tasks eagerly: which
+    /// task runs `call_next` is asked (`ScopeTracker::in_other_task`).
+    pub(crate) eager_tasks: bool,
 }
 
 /// The app is suspended on `future` (asyncio); our task waits on `proxy`, which
@@ -336,6 +341,12 @@ pub struct ScopeTracker {
     /// The running asyncio loop (None on trio), kept so nothing later in the
     /// request has to ask for it again: on CPython 3.11 each ask is a syscall.
     event_loop: Option<Py<PyAny>>,
+    /// `asyncio.current_task`, kept when the loop has a task factory: one
+    /// may run a new task's first step at once, inside the step that created
+    /// it (`asyncio.eager_task_factory`), so a `call_next` given to
+    /// `create_task` would first run while the layer steps `dispatch`, in
+    /// that other task. Then which task runs `call_next` is asked.
+    current_task: Option<Py<PyAny>>,
 }
 
 impl ScopeTracker {
@@ -353,6 +364,7 @@ impl ScopeTracker {
                 let key = unsafe {
                     Bound::from_owned_ptr_or_err(py, ffi::PyWeakref_NewRef(task.as_ptr(), std::ptr::null_mut()))?
                 };
+                let factory = event_loop.call_method0(py, intern!(py, "get_task_factory"))?;
                 let tracker = ScopeTracker {
                     task,
                     holder: None,
@@ -360,6 +372,7 @@ impl ScopeTracker {
                     attribute: intern!(py, "cancel_scope").clone().unbind(),
                     mover: mover.clone_ref(py),
                     event_loop: Some(event_loop),
+                    current_task: (!factory.is_none(py)).then(|| current_task.clone_ref(py)),
                 };
                 return Ok(Some(Py::new(py, tracker)?));
             }
@@ -371,8 +384,30 @@ impl ScopeTracker {
         let (task, holder, attribute, mover): (Py<PyAny>, Py<PyAny>, Py<PyString>, Py<PyAny>) = found.extract(py)?;
         Ok(Some(Py::new(
             py,
-            ScopeTracker { task, holder: Some(holder), key: None, attribute, mover, event_loop: None },
+            ScopeTracker {
+                task,
+                holder: Some(holder),
+                key: None,
+                attribute,
+                mover,
+                event_loop: None,
+                current_task: None,
+            },
         )?))
+    }
+
+    /// Whether the running task is another than the request's. Asked only
+    /// where a task factory may start tasks eagerly (see `current_task`);
+    /// elsewhere `call_next` run while the layer steps `dispatch` is in the
+    /// request's task.
+    pub fn in_other_task(&self, py: Python<'_>) -> PyResult<bool> {
+        let (Some(current_task), Some(event_loop)) = (&self.current_task, &self.event_loop) else { return Ok(false) };
+        Ok(!current_task.call1(py, (event_loop,))?.is(&self.task))
+    }
+
+    /// Whether the loop has a task factory (see `current_task`).
+    pub fn eager_tasks(&self) -> bool {
+        self.current_task.is_some()
     }
 
     /// Whether the task is trio's (asyncio's trackers know their loop).
@@ -443,6 +478,8 @@ impl Channel {
                 dispatching: false,
                 app_task: None,
                 dispatch_scope: None,
+                on_trio: false,
+                eager_tasks: false,
             }),
         }
     }

@@ -109,13 +109,23 @@ impl DriveCore {
         if !self.begun && self.goal == Goal::Start {
             // The app gets a task of its own (`ferroware._app_task`), and no
             // cancel scope is moved, when `call_next` is first awaited outside
-            // the layer's stepping of `dispatch` (so in another task), or the
-            // task's cancel scopes can't be read (anyio's or trio's internals
-            // not as expected, `_scopes.py`).
+            // the layer's stepping of `dispatch` (so in another task), or in
+            // another task started eagerly inside it, or the task's cancel
+            // scopes can't be read (anyio's or trio's internals not as
+            // expected, `_scopes.py`).
             let py = channel.py();
             let forced = channel.get().dispatcher.get().hooks.get().force_task_path;
-            let this = channel.get().inner(py);
-            self.task_path = forced || !this.dispatching || this.tracker.is_none();
+            let eager_tracker = {
+                let this = channel.get().inner(py);
+                self.task_path = forced || !this.dispatching || this.tracker.is_none();
+                this.tracker.as_ref().filter(|_| this.eager_tasks).map(|t| t.clone_ref(py))
+            };
+            if let Some(tracker) = eager_tracker.filter(|_| !self.task_path) {
+                match tracker.borrow(py).in_other_task(py) {
+                    Ok(other) => self.task_path = other,
+                    Err(err) => return Outcome::Raise(err),
+                }
+            }
         }
         if !self.begun {
             if let Err(err) = self.enter_app_scope(channel) {

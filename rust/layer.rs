@@ -493,14 +493,28 @@ impl Layer {
         // How to read and move this task's cancel scope: shared with the layer
         // above when it is ours (same task); else looked up here, once per
         // request, in the task the request runs in.
-        let tracker = match self.send.bind(py).cast::<Channel>() {
-            Ok(parent) => parent.get().inner(py).tracker.as_ref().map(|t| t.clone_ref(py)),
-            Err(_) => ScopeTracker::lookup(py, hooks)?,
+        // What the tracker tells is read here once per request (a borrow of it
+        // is an atomic operation) and passed on with it.
+        let (tracker, on_trio, eager_tasks) = match self.send.bind(py).cast::<Channel>() {
+            Ok(parent) => {
+                let parent = parent.get().inner(py);
+                (parent.tracker.as_ref().map(|t| t.clone_ref(py)), parent.on_trio, parent.eager_tasks)
+            }
+            Err(_) => match ScopeTracker::lookup(py, hooks)? {
+                Some(tracker) => {
+                    let (on_trio, eager_tasks) = {
+                        let found = tracker.borrow(py);
+                        (found.on_trio(), found.eager_tasks())
+                    };
+                    (Some(tracker), on_trio, eager_tasks)
+                }
+                None => (None, false, false),
+            },
         };
         // On trio, where dispatch is now: a `call_next` made inside a cancel
         // scope that dispatch entered takes the task path (`DriveCore::step`).
         let dispatch_scope = match &tracker {
-            Some(tracker) if tracker.borrow(py).on_trio() => Some(tracker.borrow_mut(py).current(py)?.unbind()),
+            Some(tracker) if on_trio => Some(tracker.borrow_mut(py).current(py)?.unbind()),
             _ => None,
         };
         {
@@ -508,6 +522,8 @@ impl Layer {
             this.receive = downstream_receive.clone().unbind();
             this.tracker = tracker;
             this.dispatch_scope = dispatch_scope;
+            this.on_trio = on_trio;
+            this.eager_tasks = eager_tasks;
         }
         let call_next = channel.getattr(intern!(py, "call_next"))?;
         let coro = d.dispatch_func.bind(py).call1((&request, call_next))?;

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -158,6 +159,28 @@ async def test_anyio_patterns(pattern: Pattern, kind: str, restream: bool, spec_
 @pytest.mark.parametrize("pattern", ASYNCIO_PATTERNS, ids=lambda p: p.__name__)
 async def test_asyncio_patterns(pattern: Pattern, kind: str, restream: bool, spec_version: str, body_file: Path) -> None:
     await check(pattern, kind, restream, spec_version, body_file)
+
+
+@pytest.mark.anyio
+@pytest.mark.filterwarnings(STOCK_BODY_STREAM_LEAK)
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="asyncio.eager_task_factory is new in CPython 3.12")
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+@pytest.mark.parametrize("spec_version", ["2.3", "2.4"])
+@pytest.mark.parametrize("restream", [False, True], ids=["returned", "restreamed"])
+@pytest.mark.parametrize("kind", RESPONSES)
+async def test_create_task_under_an_eager_task_factory(
+    kind: str, restream: bool, spec_version: str, body_file: Path
+) -> None:
+    """An eager task runs its first step inside ``create_task``, so
+    ``call_next`` first runs while the layer steps ``dispatch``, in another
+    task: the layer asks which task it is, where the loop has a task factory."""
+    loop = asyncio.get_running_loop()
+    previous = loop.get_task_factory()
+    loop.set_task_factory(asyncio.eager_task_factory)  # type: ignore[attr-defined, unused-ignore]
+    try:
+        await check(create_task, kind, restream, spec_version, body_file)
+    finally:
+        loop.set_task_factory(previous)
 
 
 # --------------------------------------------------------------------------- random stacks
