@@ -9,8 +9,9 @@ cancel scope or task group open across the two (Starlette's
 ``StreamingResponse`` on ASGI 2.3 servers) then fails with "Attempted to exit
 cancel scope in a different task".
 
-For such a request (the compiled layer decides when ``call_next`` first runs:
-it runs outside the layer's stepping of ``dispatch``), ``AppTask`` does what
+For such a request, and the few others where the fast path can't keep
+Starlette's semantics (the compiled layer decides when ``call_next`` first
+runs: docs/design.md, "Which path a request takes"), ``AppTask`` does what
 Starlette's ``call_next`` does: it starts the app in a new task (in the copy
 of the context ``call_next`` was called in) whose ``send`` hands each message
 over through a zero-buffer stream. ``relay()`` is the coroutine the layer
