@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,62 +28,9 @@ from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import FileResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
+from call_next_patterns import ANYIO_PATTERNS, ASYNCIO_PATTERNS, PATTERNS, Pattern, create_task
 from test_differential import STOCK_BODY_STREAM_LEAK, Base, CallNext, Recorder, differential, http_scope
 
-Pattern = Callable[[CallNext, Request], Awaitable[Response]]
-
-
-async def direct(call_next: CallNext, request: Request) -> Response:
-    return await call_next(request)
-
-
-async def wait_for(call_next: CallNext, request: Request) -> Response:
-    return await asyncio.wait_for(call_next(request), 5)
-
-
-async def create_task(call_next: CallNext, request: Request) -> Response:
-    return await asyncio.get_running_loop().create_task(call_next(request))
-
-
-async def shield(call_next: CallNext, request: Request) -> Response:
-    return await asyncio.shield(call_next(request))
-
-
-async def gather(call_next: CallNext, request: Request) -> Response:
-    response, _ = await asyncio.gather(call_next(request), asyncio.sleep(0))
-    return response
-
-
-async def asyncio_task_group(call_next: CallNext, request: Request) -> Response:
-    async with asyncio.TaskGroup() as group:
-        task = group.create_task(call_next(request))
-    return task.result()
-
-
-async def start_soon(call_next: CallNext, request: Request) -> Response:
-    responses: list[Response] = []
-
-    async def child() -> None:
-        responses.append(await call_next(request))
-
-    async with anyio.create_task_group() as group:
-        group.start_soon(child)
-    return responses[0]
-
-
-async def fail_after(call_next: CallNext, request: Request) -> Response:
-    with anyio.fail_after(5):
-        return await call_next(request)
-
-
-async def move_on_after(call_next: CallNext, request: Request) -> Response:
-    with anyio.move_on_after(5):
-        return await call_next(request)
-    raise AssertionError("call_next took 5 s")  # pragma: no cover
-
-
-ANYIO_PATTERNS = [direct, start_soon, fail_after, move_on_after]
-ASYNCIO_PATTERNS = [wait_for, create_task, shield, gather, asyncio_task_group]
 RESPONSES = ["plain", "streaming", "file", "background"]
 
 
@@ -140,24 +87,21 @@ async def check(pattern: Pattern, kind: str, restream: bool, spec_version: str, 
     )
 
 
+# anyio's patterns on both backends, asyncio's on asyncio.
+BACKEND_PATTERNS = [(backend, pattern) for backend in ("asyncio", "trio") for pattern in ANYIO_PATTERNS] + [
+    ("asyncio", pattern) for pattern in ASYNCIO_PATTERNS
+]
+
+
 @pytest.mark.anyio
 @pytest.mark.filterwarnings(STOCK_BODY_STREAM_LEAK)
 @pytest.mark.parametrize("spec_version", ["2.3", "2.4"])
 @pytest.mark.parametrize("restream", [False, True], ids=["returned", "restreamed"])
 @pytest.mark.parametrize("kind", RESPONSES)
-@pytest.mark.parametrize("pattern", ANYIO_PATTERNS, ids=lambda p: p.__name__)
-async def test_anyio_patterns(pattern: Pattern, kind: str, restream: bool, spec_version: str, body_file: Path) -> None:
-    await check(pattern, kind, restream, spec_version, body_file)
-
-
-@pytest.mark.anyio
-@pytest.mark.filterwarnings(STOCK_BODY_STREAM_LEAK)
-@pytest.mark.parametrize("anyio_backend", ["asyncio"])
-@pytest.mark.parametrize("spec_version", ["2.3", "2.4"])
-@pytest.mark.parametrize("restream", [False, True], ids=["returned", "restreamed"])
-@pytest.mark.parametrize("kind", RESPONSES)
-@pytest.mark.parametrize("pattern", ASYNCIO_PATTERNS, ids=lambda p: p.__name__)
-async def test_asyncio_patterns(pattern: Pattern, kind: str, restream: bool, spec_version: str, body_file: Path) -> None:
+@pytest.mark.parametrize(
+    ("anyio_backend", "pattern"), BACKEND_PATTERNS, ids=[f"{b}-{p.__name__}" for b, p in BACKEND_PATTERNS]
+)
+async def test_patterns(pattern: Pattern, kind: str, restream: bool, spec_version: str, body_file: Path) -> None:
     await check(pattern, kind, restream, spec_version, body_file)
 
 
@@ -210,9 +154,6 @@ def task_plans(patterns: list[str]) -> st.SearchStrategy[TaskPlan]:
             spec_version=st.sampled_from(["2.3", "2.4"]),
         )
     )
-
-
-PATTERNS = {pattern.__name__: pattern for pattern in ANYIO_PATTERNS + ASYNCIO_PATTERNS}
 
 
 def build_task_plan(plan: TaskPlan) -> Callable[[Base, Recorder], ASGIApp]:

@@ -97,6 +97,10 @@ class AppTask:
         channel; at the end, the app's error, raised."""
         async for message in self._from_app:
             await channel(message)
+        self._raise_error()
+
+    def _raise_error(self) -> None:
+        """The app's error, raised once: by the relay, or else by ``finish()``."""
         if self._error is not None:
             error, self._error = self._error, None
             raise error
@@ -115,9 +119,7 @@ class AppTask:
         except BaseException:
             await self.abort()  # cancelled meanwhile: as Starlette's task group
             raise
-        if self._error is not None:
-            error, self._error = self._error, None
-            raise error
+        self._raise_error()
 
     async def abort(self) -> None:
         """``dispatch`` or the response failed: cancel the app and wait for

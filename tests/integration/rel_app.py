@@ -50,6 +50,7 @@ from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, R
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import ferroware
+from call_next_patterns import PATTERNS
 
 CallNext = Callable[[Request], Awaitable[Response]]
 MB = 1 << 20
@@ -222,58 +223,10 @@ async def faults(request: Request, call_next: CallNext) -> Response:
     return response
 
 
-async def _in_start_soon(call_next: CallNext, request: Request) -> Response:
-    responses: list[Response] = []
-
-    async def child() -> None:
-        responses.append(await call_next(request))
-
-    async with anyio.create_task_group() as group:
-        group.start_soon(child)
-    return responses[0]
-
-
-async def _in_asyncio_task_group(call_next: CallNext, request: Request) -> Response:
-    async with asyncio.TaskGroup() as group:
-        task = group.create_task(call_next(request))
-    return task.result()
-
-
-async def _in_fail_after(call_next: CallNext, request: Request) -> Response:
-    with anyio.fail_after(10):
-        return await call_next(request)
-
-
-async def _in_move_on_after(call_next: CallNext, request: Request) -> Response:
-    with anyio.move_on_after(10):
-        return await call_next(request)
-    return PlainTextResponse("call_next took 10 s", status_code=504)
-
-
-async def _gathered(call_next: CallNext, request: Request) -> Response:
-    response, _ = await asyncio.gather(call_next(request), asyncio.sleep(0))
-    return response
-
-
-# How ``call_next_from`` awaits call_next, by the ``x-call-next`` header; the
-# first four need asyncio.
-CALL_NEXT_FROM: dict[str, Callable[[CallNext, Request], Awaitable[Response]]] = {
-    "wait_for": lambda call_next, request: asyncio.wait_for(call_next(request), 10),
-    "create_task": lambda call_next, request: asyncio.get_running_loop().create_task(call_next(request)),
-    "shield": lambda call_next, request: asyncio.shield(call_next(request)),
-    "gather": _gathered,
-    "task_group": _in_asyncio_task_group,
-    "start_soon": _in_start_soon,
-    "fail_after": _in_fail_after,
-    "move_on_after": _in_move_on_after,
-}
-ASYNCIO_ONLY = ("wait_for", "create_task", "shield", "gather", "task_group")
-
-
 async def call_next_from(request: Request, call_next: CallNext) -> Response:
     """Decorator layer: on ``x-call-next: PATTERN``, awaits call_next that way
     (timeout and fan-out middleware do); else directly."""
-    pattern = CALL_NEXT_FROM.get(request.headers.get("x-call-next", ""))
+    pattern = PATTERNS.get(request.headers.get("x-call-next", ""))
     if pattern is None:
         return await call_next(request)
     response = await pattern(call_next, request)

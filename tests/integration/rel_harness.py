@@ -219,7 +219,10 @@ def start_server(kind: ServerKind, workdir: Path, extra_env: dict[str, str] | No
     events_path = workdir / f"{kind.name}-{port}.events.jsonl"
     env = {
         **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+        # This directory (rel_app) and the one above (call_next_patterns).
+        "PYTHONPATH": os.pathsep.join([str(HERE), str(HERE.parent), os.environ.get("PYTHONPATH", "")]).rstrip(
+            os.pathsep
+        ),
         "PYTHONUNBUFFERED": "1",
         "REL_EVENTS": str(events_path),
         **(extra_env or {}),

@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 from rel_harness import HOST, SERVER_KINDS, SUMMARY, Reply, Server, attach_output, start_server
-from rel_app import ASYNCIO_ONLY, CALL_NEXT_FROM, MB, payload
+from call_next_patterns import ASYNCIO_ONLY, PATTERNS
+from rel_app import MB, payload
 
 pytestmark = pytest.mark.integration
 
@@ -441,7 +442,7 @@ CALL_NEXT_KINDS = {  # the tag names the request's events (``rel_app.root``)
 LOG_PROBLEMS = ("Traceback", "Exception in ASGI application", "cancel scope", "Task exception was never retrieved")
 
 
-@pytest.mark.parametrize("pattern", list(CALL_NEXT_FROM))
+@pytest.mark.parametrize("pattern", list(PATTERNS))
 def test_call_next_from_another_task_behaves_as_stock_starlette(server: Server, pattern: str) -> None:
     """A layer awaiting call_next from another task (``wait_for``,
     ``create_task``, ``shield``, ``gather``, an ``asyncio.TaskGroup``, anyio's
